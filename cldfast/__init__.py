@@ -1,0 +1,42 @@
+"""cldfast: streaming CLD (Correlation of Loss Differences) coreset selection.
+
+The public API: :class:`CLDTracker` (record losses in a training loop, read CLD scores when
+training ends), :func:`cld_from_trajectories` and :func:`read_authors_pickle` (stored
+trajectories), and :func:`build_info` (what this build was compiled with).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _core
+from ._core import __version__
+from .offline import AuthorsLosses, cld_from_trajectories, read_authors_pickle
+from .tracker import CLDTracker, CLDWarning
+
+__all__ = [
+    "__version__",
+    "AuthorsLosses",
+    "CLDTracker",
+    "CLDWarning",
+    "build_info",
+    "cld_from_trajectories",
+    "read_authors_pickle",
+]
+
+
+def build_info() -> dict[str, Any]:
+    """What this installation of cldfast was compiled with.
+
+    Keys: ``version``; ``cuda`` (bool: CUDA kernels compiled); ``cuda_architectures`` (list
+    of compute capabilities, empty without CUDA); ``openmp`` (bool); ``cpu_threads`` (threads
+    the CPU kernels use).
+    """
+    archs = [a for a in str(_core.cuda_architectures).split(",") if a]
+    return {
+        "version": __version__,
+        "cuda": bool(_core.with_cuda),
+        "cuda_architectures": archs,
+        "openmp": bool(_core.with_openmp),
+        "cpu_threads": int(_core.cpu_num_threads()),
+    }

@@ -1,0 +1,139 @@
+// Python bindings of cldfast._core. Functions take raw addresses (tensor.data_ptr()), element
+// strides, sizes and dtype codes; the CUDA ones take the caller's stream last. Checking
+// tensors is the job of cldfast/_ops.py, which is the only caller.
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+#include "cldfast/common.h"
+#include "cldfast/kernels.h"
+
+namespace py = pybind11;
+using namespace cldfast;
+
+namespace {
+
+template <typename T>
+T* ptr(uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
+
+RecordArgs make_record(uintptr_t index, int index_dtype, int64_t index_stride, uintptr_t loss,
+                       int loss_dtype, int64_t loss_stride, int64_t batch, uintptr_t f32_state,
+                       uintptr_t i32_state, int64_t num_samples, uintptr_t flags) {
+  return RecordArgs{ptr<const void>(index), index_dtype, index_stride, ptr<const void>(loss),
+                    loss_dtype, loss_stride, batch, ptr<float>(f32_state),
+                    ptr<int32_t>(i32_state), num_samples, ptr<int64_t>(flags)};
+}
+
+RecordCEArgs make_record_ce(uintptr_t index, int index_dtype, int64_t index_stride,
+                            uintptr_t logits, int logits_dtype, int64_t logits_stride,
+                            uintptr_t target, int target_dtype, int64_t target_stride,
+                            int64_t batch, int64_t num_classes, uintptr_t loss_out,
+                            uintptr_t f32_state, uintptr_t i32_state, int64_t num_samples,
+                            uintptr_t flags) {
+  return RecordCEArgs{ptr<const void>(index), index_dtype, index_stride,
+                      ptr<const void>(logits), logits_dtype, logits_stride,
+                      ptr<const void>(target), target_dtype, target_stride,
+                      batch, num_classes, ptr<float>(loss_out),
+                      ptr<float>(f32_state), ptr<int32_t>(i32_state), num_samples,
+                      ptr<int64_t>(flags)};
+}
+
+EndEpochArgs make_end_epoch(int64_t num_samples, uintptr_t labels, int labels_dtype,
+                            uintptr_t val_history, int64_t val_stride, int32_t history_base,
+                            int32_t checkpoint, uintptr_t f32_state,
+                            uintptr_t i32_state, uintptr_t acc, int acc_dtype, uintptr_t flags) {
+  return EndEpochArgs{num_samples, ptr<const void>(labels), labels_dtype,
+                      ptr<const double>(val_history), val_stride, history_base, checkpoint, ptr<float>(f32_state), ptr<int32_t>(i32_state),
+                      ptr<void>(acc), acc_dtype, ptr<int64_t>(flags)};
+}
+
+ScoresArgs make_scores(int64_t num_samples, uintptr_t i32_state, uintptr_t acc, int acc_dtype,
+                       uintptr_t out) {
+  return ScoresArgs{num_samples, ptr<const int32_t>(i32_state), ptr<const void>(acc), acc_dtype,
+                    ptr<void>(out)};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "cldfast native kernels (private; use the cldfast package)";
+  m.attr("__version__") = CLDFAST_VERSION;
+#ifdef CLDFAST_WITH_CUDA
+  m.attr("with_cuda") = true;
+  m.attr("cuda_architectures") = std::string(CLDFAST_CUDA_ARCHS);
+#else
+  m.attr("with_cuda") = false;
+  m.attr("cuda_architectures") = std::string();
+#endif
+#ifdef CLDFAST_WITH_OPENMP
+  m.attr("with_openmp") = true;
+#else
+  m.attr("with_openmp") = false;
+#endif
+  m.attr("num_flags") = static_cast<int>(kNumFlags);
+  m.def("cpu_num_threads", &cpu::num_threads, "OpenMP threads the CPU kernels use (1 without OpenMP)");
+
+  const auto release = py::call_guard<py::gil_scoped_release>();
+  m.def("cpu_record", [](uintptr_t index, int index_dtype, int64_t index_stride, uintptr_t loss,
+                         int loss_dtype, int64_t loss_stride, int64_t batch, uintptr_t f32_state,
+                         uintptr_t i32_state, int64_t num_samples, uintptr_t flags) {
+    cpu::record(make_record(index, index_dtype, index_stride, loss, loss_dtype, loss_stride, batch,
+                            f32_state, i32_state, num_samples, flags));
+  }, release);
+  m.def("cpu_record_ce", [](uintptr_t index, int index_dtype, int64_t index_stride,
+                            uintptr_t logits, int logits_dtype, int64_t logits_stride,
+                            uintptr_t target, int target_dtype, int64_t target_stride,
+                            int64_t batch, int64_t num_classes, uintptr_t loss_out,
+                            uintptr_t f32_state, uintptr_t i32_state, int64_t num_samples,
+                            uintptr_t flags) {
+    cpu::record_ce(make_record_ce(index, index_dtype, index_stride, logits, logits_dtype,
+                                  logits_stride, target, target_dtype, target_stride, batch,
+                                  num_classes, loss_out, f32_state, i32_state, num_samples, flags));
+  }, release);
+  m.def("cpu_end_epoch", [](int64_t num_samples, uintptr_t labels, int labels_dtype,
+                            uintptr_t val_history, int64_t val_stride, int32_t history_base,
+                            int32_t checkpoint, uintptr_t f32_state,
+                            uintptr_t i32_state, uintptr_t acc, int acc_dtype, uintptr_t flags) {
+    cpu::end_epoch(make_end_epoch(num_samples, labels, labels_dtype, val_history, val_stride, history_base, checkpoint,
+                                  f32_state, i32_state, acc, acc_dtype, flags));
+  }, release);
+  m.def("cpu_scores", [](int64_t num_samples, uintptr_t i32_state, uintptr_t acc, int acc_dtype,
+                         uintptr_t out) {
+    cpu::scores(make_scores(num_samples, i32_state, acc, acc_dtype, out));
+  }, release);
+
+#ifdef CLDFAST_WITH_CUDA
+  m.def("cuda_record", [](uintptr_t index, int index_dtype, int64_t index_stride, uintptr_t loss,
+                          int loss_dtype, int64_t loss_stride, int64_t batch, uintptr_t f32_state,
+                          uintptr_t i32_state, int64_t num_samples, uintptr_t flags,
+                          uintptr_t stream) {
+    cuda::record(make_record(index, index_dtype, index_stride, loss, loss_dtype, loss_stride,
+                             batch, f32_state, i32_state, num_samples, flags), stream);
+  }, release);
+  m.def("cuda_record_ce", [](uintptr_t index, int index_dtype, int64_t index_stride,
+                             uintptr_t logits, int logits_dtype, int64_t logits_stride,
+                             uintptr_t target, int target_dtype, int64_t target_stride,
+                             int64_t batch, int64_t num_classes, uintptr_t loss_out,
+                             uintptr_t f32_state, uintptr_t i32_state, int64_t num_samples,
+                             uintptr_t flags, uintptr_t stream) {
+    cuda::record_ce(make_record_ce(index, index_dtype, index_stride, logits, logits_dtype,
+                                   logits_stride, target, target_dtype, target_stride, batch,
+                                   num_classes, loss_out, f32_state, i32_state, num_samples,
+                                   flags), stream);
+  }, release);
+  m.def("cuda_end_epoch", [](int64_t num_samples, uintptr_t labels, int labels_dtype,
+                             uintptr_t val_history, int64_t val_stride, int32_t history_base,
+                             int32_t checkpoint, uintptr_t f32_state,
+                             uintptr_t i32_state, uintptr_t acc, int acc_dtype, uintptr_t flags,
+                             uintptr_t stream) {
+    cuda::end_epoch(make_end_epoch(num_samples, labels, labels_dtype, val_history, val_stride, history_base, checkpoint,
+                                   f32_state, i32_state, acc, acc_dtype, flags), stream);
+  }, release);
+  m.def("cuda_scores", [](int64_t num_samples, uintptr_t i32_state, uintptr_t acc,
+                          int acc_dtype, uintptr_t out, uintptr_t stream) {
+    cuda::scores(make_scores(num_samples, i32_state, acc, acc_dtype, out), stream);
+  }, release);
+#endif
+}

@@ -1,0 +1,81 @@
+// Entry points of the CPU and CUDA kernels. All pointers are raw device (or host) addresses
+// handed over by cldfast/_ops.py; strides are in elements. Tensor shapes are given as
+// comments: N training samples, B batch rows, C classes, R rows of the validation history.
+#pragma once
+
+#include <cstdint>
+
+namespace cldfast {
+
+struct RecordArgs {
+  const void* index;     // [B] int64 or int32, positions in the training split
+  int index_dtype;
+  int64_t index_stride;
+  const void* loss;      // [B] float32/float16/bfloat16/float64
+  int loss_dtype;
+  int64_t loss_stride;
+  int64_t batch;         // B
+  float* f32_state;      // [2, N]: epoch loss sum, last epoch mean
+  int32_t* i32_state;    // [3, N]: epoch count, last checkpoint, number of differences
+  int64_t num_samples;   // N
+  int64_t* flags;        // [kNumFlags]
+};
+
+struct RecordCEArgs {
+  const void* index;     // [B]
+  int index_dtype;
+  int64_t index_stride;
+  const void* logits;    // [B, C], rows `logits_stride` elements apart, unit column stride
+  int logits_dtype;
+  int64_t logits_stride;
+  const void* target;    // [B] int64 or int32 class ids
+  int target_dtype;
+  int64_t target_stride;
+  int64_t batch;         // B
+  int64_t num_classes;   // C
+  float* loss_out;       // [B] float32 per-sample cross-entropy
+  float* f32_state;
+  int32_t* i32_state;
+  int64_t num_samples;
+  int64_t* flags;
+};
+
+struct EndEpochArgs {
+  int64_t num_samples;       // N
+  const void* labels;        // [N] int16 or int32 column of each sample in the history
+  int labels_dtype;
+  const double* val_history; // [R, val_stride] validation loss per checkpoint and class;
+  int64_t val_stride;        // row r holds checkpoint history_base + r
+  int32_t history_base;
+  int32_t checkpoint;        // the checkpoint being closed (its row must be filled in)
+  float* f32_state;
+  int32_t* i32_state;
+  void* acc;                 // [5, N] float32 or float64 Welford state
+  int acc_dtype;
+  int64_t* flags;
+};
+
+struct ScoresArgs {
+  int64_t num_samples;
+  const int32_t* i32_state;
+  const void* acc;
+  int acc_dtype;
+  void* out;                 // [N] in the accumulator dtype
+};
+
+namespace cpu {
+void record(const RecordArgs& a);
+void record_ce(const RecordCEArgs& a);
+void end_epoch(const EndEpochArgs& a);
+void scores(const ScoresArgs& a);
+int num_threads();
+}  // namespace cpu
+
+namespace cuda {
+void record(const RecordArgs& a, uintptr_t stream);
+void record_ce(const RecordCEArgs& a, uintptr_t stream);
+void end_epoch(const EndEpochArgs& a, uintptr_t stream);
+void scores(const ScoresArgs& a, uintptr_t stream);
+}  // namespace cuda
+
+}  // namespace cldfast
