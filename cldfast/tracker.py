@@ -45,14 +45,16 @@ def _as_label_tensor(name: str, labels: Any) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(arr))
     if t.dim() != 1:
         raise ValueError(f"{name} must be 1-D [num_samples]; got shape {tuple(t.shape)}")
+    if t.numel() == 0:
+        return t.to(torch.int64)
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        if t.is_floating_point() and t.numel() and bool((t == t.round()).all()) and bool(t.isfinite().all()):
+        if t.is_floating_point() and bool((t == t.round()).all()) and bool(t.isfinite().all()):
             t = t.to(torch.int64)
         else:
             raise TypeError(f"{name} must hold integer class ids; got dtype {t.dtype} with "
                             "non-integer values")
     t = t.to(torch.int64)
-    if t.numel() and int(t.min()) < 0:
+    if int(t.min()) < 0:
         bad = int(t[t < 0][0])
         raise ValueError(f"{name} must hold class ids >= 0; found {bad} at position "
                          f"{int((t < 0).nonzero()[0])}")
@@ -131,8 +133,10 @@ class CLDTracker:
             raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}; got {precision!r}")
         self.device = torch.device(device if device is not None else "cpu")
         if self.device.type == "cuda":
-            if not _ops.cuda_compiled():
-                _ops._require_cuda_build(self.device)
+            _ops._require_cuda_build(self.device)
+            if not torch.cuda.is_available():
+                raise RuntimeError(f"device={str(self.device)!r} was asked for but torch sees no "
+                                   "CUDA GPU here; use device='cpu'")
             if self.device.index is None:
                 self.device = torch.device("cuda", torch.cuda.current_device())
         elif self.device.type != "cpu":
@@ -347,7 +351,7 @@ class CLDTracker:
             grown[:r] = self._val_history[:r]
             self._val_history = grown
         self._val_history[r] = row
-        self._val_trajectory.append(row.cpu())
+        self._val_trajectory.append(row.to('cpu', copy=True))
         _ops.end_epoch(self._labels, self._val_history, self._history_base, t, self._f32,
                        self._i32, self._acc, self._flags)
         flags = self._flags.tolist()
@@ -392,8 +396,11 @@ class CLDTracker:
 
     @property
     def val_trajectory(self) -> torch.Tensor:
-        """[checkpoints, C] float64: the validation loss each class was correlated with."""
-        return self._val_history[: self.checkpoint].clone()
+        """[checkpoints, C] float64 (CPU): the validation loss each class was correlated with,
+        after the per-class / global choice and the fallback for classes without validation."""
+        if not self._val_trajectory:
+            return torch.zeros(0, self.num_classes, dtype=torch.float64)
+        return torch.stack(self._val_trajectory)
 
     @property
     def nbytes(self) -> int:
