@@ -1,0 +1,85 @@
+"""Selection invariants, checked against a direct numpy reading of the rules."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from cldfast.selection import class_quotas, select
+
+
+@st.composite
+def scored(draw):
+    n = draw(st.integers(1, 80))
+    labels = draw(arrays(np.int64, n, elements=st.integers(0, 4)))
+    scores = draw(arrays(np.float64, n, elements=st.one_of(
+        st.floats(-1, 1), st.sampled_from([np.nan, 0.0, 0.5, -0.5]))))
+    ids = draw(st.permutations(list(range(3 * n))))[:n]
+    return scores, labels, np.array(ids, np.int64)
+
+
+@settings(max_examples=200, deadline=None)
+@given(scored(), st.sampled_from(["top", "bottom", "zero", "random"]), st.floats(0.01, 1.0))
+def test_class_balanced_invariants(problem, order, fraction):
+    scores, labels, ids = problem
+    chosen = select(scores, labels, fraction=fraction, order=order, dataset_indices=ids, seed=3)
+    assert np.all(np.diff(chosen) > 0)  # sorted, no duplicates
+    pos = {int(i): k for k, i in enumerate(ids)}
+    picked = np.array([pos[int(i)] for i in chosen], dtype=np.int64)  # in original space
+    assert np.isfinite(scores[picked]).all()
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        finite = members[np.isfinite(scores[members])]
+        quota = int(np.floor(fraction * members.size + 0.5))
+        mine = picked[labels[picked] == c]
+        assert mine.size == min(quota, finite.size)
+        rest = np.setdiff1d(finite, mine)
+        if order in ("top", "bottom", "zero") and mine.size and rest.size:
+            key = {"top": -scores, "bottom": scores, "zero": np.abs(scores)}[order]
+            worst_in = max((key[i], ids[i]) for i in mine)
+            best_out = min((key[i], ids[i]) for i in rest)
+            assert worst_in < best_out  # nothing left out ranks before anything taken
+
+
+def test_top_is_highest_with_ties_to_lower_index():
+    scores = np.array([0.5, 0.9, 0.5, 0.1, np.nan, 0.9])
+    labels = np.zeros(6, np.int64)
+    assert select(scores, labels, per_class=3).tolist() == [0, 1, 5]
+    assert select(scores, labels, per_class=2, order="bottom").tolist() == [0, 3]
+    assert select(scores, labels, per_class=1, order="zero").tolist() == [3]
+    assert select(scores, labels, per_class=10).tolist() == [0, 1, 2, 3, 5]  # NaN never
+
+
+def test_global_and_per_class_counts():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], [10, 20, 30])
+    scores = rng.random(60)
+    assert select(scores, labels, fraction=0.5, class_balanced=False).size == 30
+    top_global = select(scores, labels, fraction=0.1, class_balanced=False)
+    assert set(top_global) == set(np.argsort(-scores)[:6])
+    assert select(scores, labels, per_class=4).size == 12
+    assert class_quotas(labels, fraction=0.25) == {0: 3, 1: 5, 2: 8}  # 2.5 rounds up
+
+
+def test_random_is_seeded_and_uniform_over_scored():
+    labels = np.zeros(100, np.int64)
+    scores = np.where(np.arange(100) % 2 == 0, 1.0, np.nan)
+    a = select(scores, labels, per_class=10, order="random", seed=1)
+    b = select(scores, labels, per_class=10, order="random", seed=1)
+    c = select(scores, labels, per_class=10, order="random", seed=2)
+    assert a.tolist() == b.tolist() and a.tolist() != c.tolist()
+    assert np.all(a % 2 == 0)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(fraction=0.0), r"fraction must be in \(0, 1\]; got 0.0"),
+    (dict(fraction=1.5), r"fraction must be in \(0, 1\]; got 1.5"),
+    (dict(per_class=0), "per_class must be a positive integer"),
+    (dict(fraction=0.5, per_class=2), "exactly one of"),
+    (dict(fraction=0.5, order="best"), "order must be one of top, bottom, zero, random"),
+    (dict(per_class=2, class_balanced=False), "per_class= needs class_balanced=True"),
+])
+def test_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        select(np.zeros(4), np.zeros(4, np.int64), **kwargs)
