@@ -1,0 +1,349 @@
+"""`cldfast` command line: run | track | select | train | info. A thin shell over
+cldfast.pipeline; every option maps to an argument of the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import build_info
+from ._core import __version__
+from .data import DATASETS
+from .io import CorruptFileError, load_scores, save_indices
+from .models import ARCHS
+from .selection import ORDERS
+from .training import LOSS_SOURCES, Recipe
+
+log = logging.getLogger("cldfast")
+
+EMBEDDED = ("auto", "fashion-mnist", "fashion_mnist", "fmnist", "digits")
+# Epochs when --epochs is not given: a quick recipe for the embedded data, the authors'
+# recipes otherwise (SPEC.md: CIFAR 164 epochs, ImageNet 90).
+DEFAULT_EPOCHS = {"embedded": 8, "imagefolder": 90, "other": 164}
+DEFAULT_PROXY_EPOCHS_EMBEDDED = 10
+
+
+def _fraction(text: str) -> float:
+    try:
+        f = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0.0 < f <= 1.0:
+        raise argparse.ArgumentTypeError(f"fraction must be in (0, 1]; got {text}")
+    return f
+
+
+def _fractions(text: str) -> list[float]:
+    return [_fraction(t) for t in text.split(",") if t.strip()]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _val_fraction(text: str) -> float:
+    try:
+        f = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0.0 < f < 1.0:
+        raise argparse.ArgumentTypeError(f"validation fraction must be in (0, 1); got {text}")
+    return f
+
+
+def _milestones(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated epochs like 81,121; got {text!r}") from None
+
+
+def _add_data(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="auto", metavar="NAME",
+                   help=f"one of {', '.join(DATASETS)} (default: auto = Fashion-MNIST from "
+                        "/usr/share/datasets/fashion-mnist, else scikit-learn's digits)")
+    g.add_argument("--data-path", metavar="DIR",
+                   help="folder of the data: Fashion-MNIST IDX files, the CIFAR torchvision "
+                        "folder, or an ImageFolder root holding train/ and val/")
+    g.add_argument("--download", action="store_true",
+                   help="CIFAR only: download into --data-path if missing (never done otherwise)")
+    g.add_argument("--image-size", type=_positive_int, metavar="PX",
+                   help="ImageFolder crop size (default 224)")
+
+
+def _add_recipe(p: argparse.ArgumentParser, proxy: bool = False) -> None:
+    g = p.add_argument_group("training recipe (defaults: SPEC.md, SGD + Nesterov + multistep)")
+    g.add_argument("--epochs", type=_positive_int, metavar="E",
+                   help="epochs (default: 8 on the embedded data, 164 on CIFAR, 90 on ImageFolder)")
+    if proxy:
+        g.add_argument("--proxy-epochs", type=_positive_int, metavar="E",
+                       help="epochs of the proxy run (default: 10 on the embedded data, else --epochs)")
+    g.add_argument("--batch-size", type=_positive_int, default=128, help="default: %(default)s")
+    g.add_argument("--lr", type=float, default=0.1, help="initial learning rate (default: %(default)s)")
+    g.add_argument("--momentum", type=float, default=0.9, help="default: %(default)s")
+    g.add_argument("--no-nesterov", action="store_true", help="plain momentum instead of Nesterov")
+    g.add_argument("--weight-decay", type=float, default=5e-4, help="default: %(default)s")
+    g.add_argument("--milestones", type=_milestones, metavar="E1,E2",
+                   help="epochs where the lr is multiplied by --gamma (default: at 81/164 and "
+                        "121/164 of the epochs)")
+    g.add_argument("--gamma", type=float, default=0.1, help="default: %(default)s")
+    g.add_argument("--workers", type=int, default=0,
+                   help="data-loader worker processes (default: %(default)s)")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    g.add_argument("--no-amp", action="store_true", help="disable bfloat16 autocast on CUDA")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed of the split, shuffling, initialisation (default: %(default)s)")
+
+
+def _add_tracking(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("CLD tracking")
+    g.add_argument("--val-fraction", type=_val_fraction, default=0.1,
+                   help="per-class validation split of the training set (default: %(default)s; "
+                        "the authors use 0.01 for ImageNet)")
+    g.add_argument("--loss-source", choices=LOSS_SOURCES, default="train",
+                   help="train: the training forward pass's losses, no extra pass (default); "
+                        "eval: an eval-mode pass over the training split after every epoch")
+    g.add_argument("--track-epochs", type=_positive_int, metavar="K",
+                   help="only the first K epochs feed CLD; the proxy stops there")
+    g.add_argument("--track-every", type=_positive_int, default=1, metavar="M",
+                   help="use every M-th epoch as a checkpoint (default: %(default)s)")
+    g.add_argument("--global-val", action="store_true",
+                   help="correlate with the mean validation loss over all classes instead of "
+                        "the sample's own class")
+    g.add_argument("--precision", choices=("float64", "float32"), default="float64",
+                   help="tracker accumulator precision (default: %(default)s)")
+
+
+def _add_output(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--out", default=default, metavar="DIR", help="output folder (default: %(default)s)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoints in --out (same options required)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cldfast",
+        description="Coreset selection with CLD (Correlation of Loss Differences), streamed "
+                    "during training. `cldfast run` with no arguments runs the whole pipeline "
+                    "on the embedded Fashion-MNIST data.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Each subcommand has its own --help.")
+    parser.add_argument("--version", action="version", version=f"cldfast {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="track a proxy, select coresets, retrain and compare",
+                       description="The whole pipeline: train a proxy while tracking CLD, select "
+                                   "CLD and random coresets at several fractions and top / "
+                                   "near-zero / most-negative CLD subsets of equal size, train the "
+                                   "target model on each and on the full training split, and write "
+                                   "a result table, metrics.json, plots and a log into --out.")
+    p.add_argument("--proxy-arch", default="small-cnn", metavar="ARCH",
+                   help=f"model that is tracked (default: %(default)s; named: {', '.join(ARCHS)}, or "
+                        "any torchvision classification model)")
+    p.add_argument("--arch", metavar="ARCH", help="model trained on the coresets (default: --proxy-arch)")
+    p.add_argument("--fractions", type=_fractions, default=[0.1, 0.2, 0.3],
+                   help="coreset fractions per class, comma-separated (default: 0.1,0.2,0.3)")
+    p.add_argument("--compare-fraction", type=_fraction,
+                   help="size of the top / near-zero / negative CLD comparison (default: smallest fraction)")
+    _add_data(p)
+    _add_recipe(p, proxy=True)
+    _add_tracking(p)
+    _add_output(p, "cldfast-out")
+
+    p = sub.add_parser("track", help="train a proxy with CLDTracker and write a scores file",
+                       description="Train a proxy model while tracking CLD and write OUT/scores.npz: "
+                                   "scores, labels, original dataset indices, the train/validation "
+                                   "split and metadata, readable with numpy alone.")
+    p.add_argument("--arch", "--proxy-arch", dest="arch", default="small-cnn", metavar="ARCH",
+                   help=f"proxy model (default: %(default)s; named: {', '.join(ARCHS)})")
+    _add_data(p)
+    _add_recipe(p)
+    _add_tracking(p)
+    _add_output(p, "cldfast-out")
+
+    p = sub.add_parser("select", help="choose a coreset from a scores file",
+                       description="Select a coreset from a scores file and write the ORIGINAL "
+                                   "dataset indices as a .npy file (or .txt, one per line).")
+    p.add_argument("scores", metavar="SCORES", help="scores file written by `cldfast track`")
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--fraction", type=_fraction, help="keep round(f * n_c) of every class")
+    size.add_argument("--per-class", type=_positive_int, metavar="K", help="keep K of every class")
+    p.add_argument("--order", choices=ORDERS, default="top",
+                   help="top: highest CLD (default); bottom: most negative; zero: closest to 0; "
+                        "random: uniform among scored samples")
+    p.add_argument("--global", dest="global_", action="store_true",
+                   help="rank over all samples instead of within each class (needs --fraction)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --order random (default: %(default)s)")
+    p.add_argument("--output", "-o", metavar="FILE", help="where to write the indices "
+                   "(default: next to SCORES, named after the selection)")
+
+    p = sub.add_parser("train", help="train a model on the full data or on a coreset",
+                       description="Train a model on the whole training set, on an indices file, "
+                                   "or on a selection from a scores file; evaluate it on the test "
+                                   "split and write OUT/<name>_metrics.json.")
+    p.add_argument("--arch", default="small-cnn", metavar="ARCH",
+                   help=f"model (default: %(default)s; named: {', '.join(ARCHS)}, or any "
+                        "torchvision classification model)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--indices", metavar="FILE", help="train on these original dataset indices (.npy/.txt)")
+    src.add_argument("--scores", metavar="FILE", help="select from this scores file first "
+                     "(with --fraction or --per-class and --order); its dataset must match")
+    p.add_argument("--fraction", type=_fraction, help="with --scores: fraction per class")
+    p.add_argument("--per-class", type=_positive_int, metavar="K", help="with --scores: samples per class")
+    p.add_argument("--order", choices=ORDERS, default="top", help="with --scores (default: %(default)s)")
+    p.add_argument("--name", default="train", help="name of the run's files (default: %(default)s)")
+    _add_data(p)
+    _add_recipe(p)
+    _add_output(p, "cldfast-out")
+
+    sub.add_parser("info", help="show what this build of cldfast was compiled with")
+    return parser
+
+
+def _recipe(args: argparse.Namespace, epochs_attr: str = "epochs") -> Recipe:
+    epochs = getattr(args, epochs_attr, None)
+    if epochs is None and epochs_attr == "proxy_epochs":
+        epochs = args.epochs
+        if epochs is None and args.dataset.lower() in EMBEDDED:
+            epochs = DEFAULT_PROXY_EPOCHS_EMBEDDED
+    if epochs is None:
+        kind = ("embedded" if args.dataset.lower() in EMBEDDED else
+                "imagefolder" if args.dataset.lower() == "imagefolder" else "other")
+        epochs = DEFAULT_EPOCHS[kind]
+    if args.milestones and any(m < 1 or m > epochs for m in args.milestones):
+        raise ValueError(f"--milestones {args.milestones} must lie in [1, epochs={epochs}]")
+    return Recipe(epochs=epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                  nesterov=not args.no_nesterov, weight_decay=args.weight_decay,
+                  milestones=tuple(args.milestones) if args.milestones else None, gamma=args.gamma,
+                  workers=args.workers, device=args.device, amp=not args.no_amp, seed=args.seed)
+
+
+def _data(args: argparse.Namespace):
+    from .pipeline import DataSpec
+
+    return DataSpec(args.dataset, args.data_path, args.download, args.image_size)
+
+
+def _setup_logging(out: Path | None, name: str) -> None:
+    log.setLevel(logging.INFO)
+    log.handlers.clear()
+    log.propagate = False
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("cldfast: %(message)s"))
+    log.addHandler(console)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(out / f"{name}.log")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(fh)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import run
+
+    result = run(_data(args), args.out, proxy_arch=args.proxy_arch, arch=args.arch,
+                 proxy_recipe=_recipe(args, "proxy_epochs"), recipe=_recipe(args),
+                 fractions=args.fractions, compare_fraction=args.compare_fraction,
+                 val_fraction=args.val_fraction, loss_source=args.loss_source,
+                 track_epochs=args.track_epochs, track_every=args.track_every,
+                 per_class=not args.global_val, resume=args.resume, progress=not args.quiet)
+    print(result.table)
+    print(f"\nOutputs in {result.out}/: scores.npz, indices/, metrics.json, results.md, "
+          f"plots/accuracy_vs_fraction.png, plots/cld_histograms.png, run.log")
+    return 0
+
+
+def _cmd_track(args: argparse.Namespace) -> int:
+    from .pipeline import track
+    from .io import write_json
+
+    sf, metrics = track(_data(args), args.out, arch=args.arch, recipe=_recipe(args),
+                        val_fraction=args.val_fraction, loss_source=args.loss_source,
+                        track_epochs=args.track_epochs, track_every=args.track_every,
+                        per_class=not args.global_val, precision=args.precision,
+                        resume=args.resume, progress=not args.quiet)
+    write_json(Path(args.out) / "track_metrics.json", metrics)
+    s = sf.scores[np.isfinite(sf.scores)]
+    print(f"wrote {Path(args.out) / 'scores.npz'}: {s.size} of {sf.scores.size} samples scored, "
+          f"CLD median {np.median(s) if s.size else float('nan'):.3f}, proxy test accuracy "
+          f"{100 * metrics['proxy_test_accuracy']:.2f} %")
+    return 0
+
+
+def _cmd_select(args: argparse.Namespace) -> int:
+    from .pipeline import select_coreset
+
+    if args.global_ and args.per_class is not None:
+        raise ValueError("--global needs --fraction (a per-class count has no meaning without classes)")
+    sf = load_scores(args.scores)
+    idx = select_coreset(sf, fraction=args.fraction, per_class=args.per_class, order=args.order,
+                         class_balanced=not args.global_, seed=args.seed)
+    size = f"f{args.fraction:g}" if args.fraction is not None else f"k{args.per_class}"
+    out = Path(args.output) if args.output else Path(args.scores).with_name(
+        f"indices_{args.order}_{size}{'_global' if args.global_ else ''}.npy")
+    if out.suffix == ".txt":
+        from .io import atomic_write
+        atomic_write(out, lambda p: np.savetxt(p, idx, fmt="%d"))
+    else:
+        save_indices(out, idx)
+    print(f"wrote {out}: {idx.size} original dataset indices ({args.order}, "
+          f"{'global' if args.global_ else 'class-balanced'})")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .pipeline import select_coreset, train
+
+    data = _data(args)
+    indices = args.indices
+    if args.scores:
+        if (args.fraction is None) == (args.per_class is None):
+            raise ValueError("--scores needs exactly one of --fraction or --per-class")
+        bundle = data.load()
+        sf = load_scores(args.scores, fingerprint=bundle.fingerprint)
+        indices = select_coreset(sf, fraction=args.fraction, per_class=args.per_class,
+                                 order=args.order, seed=args.seed)
+        data = bundle
+    elif args.fraction is not None or args.per_class is not None:
+        raise ValueError("--fraction / --per-class select from a scores file: add --scores FILE")
+    metrics = train(data, args.out, arch=args.arch, recipe=_recipe(args), indices=indices,
+                    name=args.name, resume=args.resume, progress=not args.quiet)
+    print(f"{args.name}: {metrics['train_samples']} training samples, test accuracy "
+          f"{100 * metrics['test_accuracy']:.2f} % -> {Path(args.out) / (args.name + '_metrics.json')}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        print(json.dumps(build_info(), indent=2))
+        return 0
+    out = Path(args.out) if hasattr(args, "out") else None
+    _setup_logging(out, args.command)
+    handlers = {"run": _cmd_run, "track": _cmd_track, "select": _cmd_select, "train": _cmd_train}
+    try:
+        return handlers[args.command](args)
+    except (ValueError, FileNotFoundError, CorruptFileError, IndexError, TypeError) as exc:
+        print(f"cldfast {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cldfast {args.command}: interrupted; rerun with --resume to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

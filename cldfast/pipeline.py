@@ -1,0 +1,237 @@
+"""The Python API behind the CLI: track a proxy, select a coreset, train a model, or run
+the whole pipeline. Each function takes plain arguments and writes into an output folder;
+the CLI only parses arguments and calls these."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ._core import __version__
+from .data import DatasetBundle, load_dataset, split_train_val
+from .io import ScoresFile, load_indices, load_scores, save_indices, save_scores, write_json
+from .selection import select
+from .tracker import CLDTracker
+from .training import Recipe, Tracking, fit
+
+log = logging.getLogger("cldfast")
+
+__all__ = ["DataSpec", "tracked_epochs", "track", "select_coreset", "train", "run", "RunResult"]
+
+
+@dataclass
+class DataSpec:
+    """Which dataset to load (see :func:`cldfast.data.load_dataset`)."""
+
+    dataset: str = "auto"
+    data_path: str | None = None
+    download: bool = False
+    image_size: int | None = None
+
+    def load(self) -> DatasetBundle:
+        return load_dataset(self.dataset, self.data_path, download=self.download,
+                            image_size=self.image_size)
+
+
+def tracked_epochs(epochs: int, track_epochs: int | None, track_every: int) -> list[int]:
+    """0-based epochs whose end is a CLD checkpoint: every ``track_every``-th of the first
+    ``track_epochs`` (default: all), counted from the last one backwards so the final
+    tracked epoch is always a checkpoint."""
+    k = epochs if track_epochs is None else int(track_epochs)
+    if not 1 <= k <= epochs:
+        raise ValueError(f"track_epochs must be in [1, epochs={epochs}]; got {track_epochs}")
+    if int(track_every) < 1:
+        raise ValueError(f"track_every must be >= 1; got {track_every}")
+    chosen = list(range(k - 1, -1, -int(track_every)))[::-1]
+    if len(chosen) < 3:
+        log.warning("only %d checkpoints feed CLD (need at least 3 for a score); raise "
+                    "--track-epochs or lower --track-every", len(chosen))
+    return chosen
+
+
+def track(data: DataSpec | DatasetBundle, out: str | Path, *, arch: str = "small-cnn",
+          recipe: Recipe | None = None, val_fraction: float = 0.1, loss_source: str = "train",
+          track_epochs: int | None = None, track_every: int = 1, per_class: bool = True,
+          precision: str = "float64", resume: bool = False, progress: bool = True
+          ) -> tuple[ScoresFile, dict[str, Any]]:
+    """Train a proxy with CLDTracker and write ``out/scores.npz``.
+
+    Returns the scores file's contents and a metrics dict (timings, memory, accuracy).
+    """
+    recipe = recipe or Recipe()
+    bundle = data if isinstance(data, DatasetBundle) else data.load()
+    out = Path(out)
+    train_idx, val_idx = split_train_val(bundle.train_targets, val_fraction, recipe.seed)
+    if val_idx.size == 0:
+        raise ValueError(f"val_fraction={val_fraction} leaves no validation samples; CLD needs some")
+    labels = bundle.train_targets[train_idx]
+    epochs = tracked_epochs(recipe.epochs, track_epochs, track_every)
+    device = recipe.resolved_device()
+    tracker = CLDTracker(labels, bundle.train_targets[val_idx], per_class=per_class, device=device,
+                         precision=precision, num_classes=bundle.num_classes)
+    tracking = Tracking(tracker, loss_source, val_idx, epochs)
+    log.info("tracking %s on %s: %d training / %d validation samples, checkpoints after epochs %s",
+             arch, bundle.name, train_idx.size, val_idx.size, [e + 1 for e in epochs])
+    run_config = {"role": "proxy", "val_fraction": val_fraction, "loss_source": loss_source,
+                  "tracked_epochs": epochs, "per_class": per_class, "precision": precision}
+    result = fit(bundle, train_idx, arch, recipe, tracking=tracking, stop_epoch=epochs[-1] + 1,
+                 checkpoint=out / "checkpoints" / "proxy.pt", resume=resume, progress=progress,
+                 desc="proxy", run_config=run_config)
+    t_end = time.perf_counter()
+    scores = tracker.scores().double().cpu().numpy()
+    seconds_to_scores = time.perf_counter() - t_end
+    summary = tracker.summary()
+    meta = {
+        "dataset": bundle.name, "fingerprint": bundle.fingerprint, "arch": arch,
+        "epochs_trained": epochs[-1] + 1, "recipe_epochs": recipe.epochs,
+        "tracked_epochs": [e + 1 for e in epochs], "loss_source": loss_source,
+        "seed": recipe.seed, "val_fraction": val_fraction, "per_class": per_class,
+        "precision": precision, "version": __version__, "num_classes": bundle.num_classes,
+        "class_names": list(bundle.class_names), "proxy_test_accuracy": result.test_accuracy,
+        "nonfinite_train_losses": summary["nonfinite_train_losses"],
+        "nonfinite_val_losses": summary["nonfinite_val_losses"],
+        "classes_without_validation": summary["classes_without_validation"],
+    }
+    sf = ScoresFile(scores, labels.astype(np.int64), train_idx, val_idx, meta,
+                    extra={"num_differences": tracker.num_differences().cpu().numpy()})
+    save_scores(out / "scores.npz", sf)
+    metrics = {"proxy_test_accuracy": result.test_accuracy, "proxy_seconds": result.seconds,
+               "tracking_seconds": result.tracking_seconds,
+               "extra_forward_passes_over_train": result.extra_forward_passes,
+               "seconds_from_training_end_to_scores": seconds_to_scores,
+               "tracker_bytes": tracker.nbytes, "peak_rss_mb": result.peak_rss_mb,
+               "peak_cuda_mb": result.peak_cuda_mb, "history": result.history,
+               "scored_samples": int(np.isfinite(scores).sum())}
+    log.info("scores written to %s (%d of %d samples scored)", out / "scores.npz",
+             metrics["scored_samples"], scores.size)
+    return sf, metrics
+
+
+def select_coreset(scores: ScoresFile, *, fraction: float | None = None,
+                   per_class: int | None = None, order: str = "top", class_balanced: bool = True,
+                   seed: int = 0) -> np.ndarray:
+    """Original dataset indices of a coreset chosen from a scores file."""
+    return select(scores.scores, scores.labels, fraction=fraction, per_class=per_class, order=order,
+                  class_balanced=class_balanced, dataset_indices=scores.train_indices, seed=seed)
+
+
+def train(data: DataSpec | DatasetBundle, out: str | Path, *, arch: str = "small-cnn",
+          recipe: Recipe | None = None, indices: np.ndarray | str | Path | None = None,
+          exclude: np.ndarray | None = None, name: str = "train", resume: bool = False,
+          progress: bool = True) -> dict[str, Any]:
+    """Train ``arch`` on the whole training set or on ``indices`` (original dataset indices,
+    or an indices file), evaluate on the test split, write ``out/<name>_metrics.json``."""
+    recipe = recipe or Recipe()
+    bundle = data if isinstance(data, DatasetBundle) else data.load()
+    n = len(bundle.train_targets)
+    if indices is None:
+        idx = np.setdiff1d(np.arange(n), exclude) if exclude is not None else np.arange(n)
+    elif isinstance(indices, (str, Path)):
+        idx = load_indices(indices, n)
+    else:
+        idx = np.asarray(indices, dtype=np.int64)
+    out = Path(out)
+    result = fit(bundle, idx, arch, recipe, checkpoint=out / "checkpoints" / f"{name}.pt",
+                 resume=resume, progress=progress, desc=name,
+                 run_config={"role": name, "indices_sum": int(idx.sum()), "count": int(idx.size)})
+    metrics = {"name": name, "arch": arch, "dataset": bundle.name, "train_samples": int(idx.size),
+               "test_accuracy": result.test_accuracy, "seconds": result.seconds,
+               "peak_rss_mb": result.peak_rss_mb, "peak_cuda_mb": result.peak_cuda_mb,
+               "recipe": asdict(recipe), "history": result.history}
+    write_json(out / f"{name}_metrics.json", metrics)
+    return metrics
+
+
+@dataclass
+class RunResult:
+    out: Path
+    table: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def run(data: DataSpec | None = None, out: str | Path = "cldfast-out", *,
+        proxy_arch: str = "small-cnn", arch: str | None = None, proxy_recipe: Recipe | None = None,
+        recipe: Recipe | None = None, fractions: Sequence[float] = (0.1, 0.2, 0.3),
+        compare_fraction: float | None = None, val_fraction: float = 0.1,
+        loss_source: str = "train", track_epochs: int | None = None, track_every: int = 1,
+        per_class: bool = True, resume: bool = False, progress: bool = True) -> RunResult:
+    """The whole pipeline: track a proxy, select CLD and random coresets at ``fractions``
+    and top / near-zero / most-negative CLD subsets at ``compare_fraction`` (default: the
+    smallest fraction), train ``arch`` on each and on the full training split, and write
+    a table, metrics.json and plots into ``out``."""
+    from .plots import plot_accuracy_vs_fraction, plot_score_histograms
+
+    data = data or DataSpec()
+    bundle = data.load()
+    out = Path(out)
+    arch = arch or proxy_arch
+    recipe = recipe or Recipe()
+    proxy_recipe = proxy_recipe or recipe
+    fractions = sorted(float(f) for f in fractions)
+    for f in fractions:
+        if not 0 < f <= 1:
+            raise ValueError(f"fractions must be in (0, 1]; got {f}")
+    compare = float(compare_fraction) if compare_fraction is not None else fractions[0]
+    t0 = time.perf_counter()
+    scores, track_metrics = track(bundle, out, arch=proxy_arch, recipe=proxy_recipe,
+                                  val_fraction=val_fraction, loss_source=loss_source,
+                                  track_epochs=track_epochs, track_every=track_every,
+                                  per_class=per_class, resume=resume, progress=progress)
+    runs: list[tuple[str, str, float, np.ndarray | None]] = [("full", "full", 1.0, None)]
+    for f in fractions:
+        runs.append((f"cld_top_{f:g}", "top", f, None))
+        runs.append((f"random_{f:g}", "random", f, None))
+    for order in ("zero", "bottom"):
+        runs.append((f"cld_{order}_{compare:g}", order, compare, None))
+    if f"cld_top_{compare:g}" not in {r[0] for r in runs}:
+        runs.append((f"cld_top_{compare:g}", "top", compare, None))
+    results: dict[str, dict[str, Any]] = {}
+    for name, order, f, _ in runs:
+        if order == "full":
+            idx = scores.train_indices
+        else:
+            idx = select_coreset(scores, fraction=f, order=order, seed=recipe.seed)
+            save_indices(out / "indices" / f"{name}.npy", idx)
+        log.info("training %s on %s (%d samples)", arch, name, idx.size)
+        m = train(bundle, out / "runs", arch=arch, recipe=recipe, indices=idx, name=name,
+                  resume=resume, progress=progress)
+        results[name] = {"order": order, "fraction": f, "samples": int(idx.size),
+                         "test_accuracy": m["test_accuracy"], "seconds": m["seconds"]}
+    table = _result_table(results, fractions, compare)
+    plot_accuracy_vs_fraction(out / "plots" / "accuracy_vs_fraction.png", results, fractions,
+                              title=f"{arch} on {bundle.name}: CLD vs random coresets "
+                                    f"(proxy {proxy_arch})")
+    plot_score_histograms(out / "plots" / "cld_histograms.png", scores.scores, scores.labels,
+                          scores.metadata.get("class_names") or None)
+    metrics = {"dataset": bundle.name, "fingerprint": bundle.fingerprint, "proxy_arch": proxy_arch,
+               "arch": arch, "version": __version__, "fractions": fractions,
+               "compare_fraction": compare, "loss_source": loss_source,
+               "proxy_recipe": asdict(proxy_recipe), "recipe": asdict(recipe),
+               "track": track_metrics, "results": results,
+               "total_seconds": time.perf_counter() - t0}
+    write_json(out / "metrics.json", metrics)
+    (out / "results.md").write_text(table + "\n")
+    return RunResult(out, table, metrics)
+
+
+def _result_table(results: dict[str, dict[str, Any]], fractions: Sequence[float],
+                  compare: float) -> str:
+    full = results["full"]["test_accuracy"]
+    lines = [f"Full training split ({results['full']['samples']} samples): "
+             f"{100 * full:.2f} % test accuracy", "",
+             "| fraction | samples | CLD (top) | random | CLD - random |", "|---|---|---|---|---|"]
+    for f in fractions:
+        top, rnd = results[f"cld_top_{f:g}"], results[f"random_{f:g}"]
+        lines.append(f"| {f:g} | {top['samples']} | {100 * top['test_accuracy']:.2f} % | "
+                     f"{100 * rnd['test_accuracy']:.2f} % | "
+                     f"{100 * (top['test_accuracy'] - rnd['test_accuracy']):+.2f} |")
+    lines += ["", f"Subsets of equal size ({compare:g} of each class):", "",
+              "| subset | test accuracy |", "|---|---|"]
+    for label, key in (("top CLD", "top"), ("near-zero CLD", "zero"), ("most negative CLD", "bottom")):
+        lines.append(f"| {label} | {100 * results[f'cld_{key}_{compare:g}']['test_accuracy']:.2f} % |")
+    return "\n".join(lines)

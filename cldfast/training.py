@@ -1,0 +1,289 @@
+"""The one training loop behind `cldfast track`, `train` and `run`.
+
+A model is trained on a set of ORIGINAL dataset indices with SGD + multistep decay. When a
+:class:`Tracking` is given, CLD is recorded on the way: in ``train`` mode from the training
+forward pass's own per-sample losses (fused cross-entropy, no extra pass), in ``eval`` mode
+from an eval-mode pass over the training split after the epoch, as the authors do. The
+validation split is evaluated after every tracked epoch. A checkpoint (model, optimizer,
+scheduler, tracker, RNG states) is written atomically after every epoch; ``resume=True``
+continues from it. Shuffling and augmentation are re-seeded from (seed, epoch) at the start
+of every epoch, so a resumed run on the CPU repeats an uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .data import DatasetBundle, IndexedSubset, make_loader
+from .io import load_checkpoint, save_checkpoint
+from .models import build_model
+from .tracker import CLDTracker
+
+log = logging.getLogger("cldfast")
+
+LOSS_SOURCES = ("train", "eval")
+
+
+@dataclass
+class Recipe:
+    """Training hyper-parameters. Defaults are the authors' CIFAR recipe (SPEC.md)."""
+
+    epochs: int = 164
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    milestones: tuple[int, ...] | None = None  # None: 81/164 and 121/164 of the epochs
+    gamma: float = 0.1
+    workers: int = 0
+    eval_batch_size: int = 512
+    device: str = "auto"
+    amp: bool = True            # bfloat16 autocast, CUDA only
+    channels_last: bool = True  # CUDA only
+    seed: int = 0
+
+    def resolved_milestones(self) -> list[int]:
+        if self.milestones is not None:
+            return sorted(int(m) for m in self.milestones)
+        return [round(self.epochs * 81 / 164), round(self.epochs * 121 / 164)]
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dev = torch.device(self.device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {self.device}: torch sees no CUDA GPU here; use --device cpu")
+        return dev
+
+    def check(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0; got {self.lr}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0; got {self.workers}")
+
+
+@dataclass
+class Tracking:
+    """What to record while training: the tracker over the training split, the source of
+    the losses, the validation split (original indices) and which epochs feed CLD."""
+
+    tracker: CLDTracker
+    loss_source: str
+    val_indices: np.ndarray
+    epochs: list[int]  # 0-based epochs whose end is a CLD checkpoint
+
+    def __post_init__(self) -> None:
+        if self.loss_source not in LOSS_SOURCES:
+            raise ValueError(f"loss_source must be one of {LOSS_SOURCES}; got {self.loss_source!r}")
+
+
+@dataclass
+class FitResult:
+    model: torch.nn.Module
+    history: list[dict[str, float]] = field(default_factory=list)
+    test_accuracy: float = float("nan")
+    seconds: float = 0.0
+    tracking_seconds: float = 0.0
+    extra_forward_passes: int = 0
+    peak_rss_mb: float = 0.0
+    peak_cuda_mb: float = 0.0
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (int(seed) * 1_000_003 + int(epoch) * 7919) % 2**62
+
+
+def _to_device(batch, device: torch.device, channels_last: bool):
+    x, y, k = batch
+    x = x.to(device, non_blocking=True)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(device, non_blocking=True), k
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, dataset, indices: np.ndarray, recipe: Recipe,
+            device: torch.device, desc: str | None = None, progress: bool = True
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample cross-entropy and correctness of ``dataset[indices]`` in eval mode.
+
+    Returns (losses float32 [M], correct bool [M]) on the CPU, in the order of ``indices``.
+    """
+    model.eval()
+    subset = IndexedSubset(dataset, indices)
+    loader = make_loader(subset, recipe.eval_batch_size, shuffle=False, num_workers=recipe.workers)
+    losses = torch.empty(len(subset), dtype=torch.float32)
+    correct = torch.empty(len(subset), dtype=torch.bool)
+    cl = recipe.channels_last and device.type == "cuda"
+    amp = recipe.amp and device.type == "cuda"
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress or desc is None):
+        x, y, k = _to_device(batch, device, cl)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(x)
+        losses[k] = F.cross_entropy(out.float(), y, reduction="none").cpu()
+        correct[k] = (out.argmax(1) == y).cpu()
+    return losses, correct
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Recipe, *,
+        tracking: Tracking | None = None, stop_epoch: int | None = None,
+        checkpoint: str | Path | None = None, resume: bool = False, evaluate_test: bool = True,
+        progress: bool = True, desc: str = "train", run_config: dict[str, Any] | None = None
+        ) -> FitResult:
+    """Train ``arch`` on ``bundle.train[train_indices]``, optionally tracking CLD.
+
+    Args:
+        train_indices: int64 [M] original dataset indices to train on (with tracking: the
+            training split, in the order the tracker's positions refer to).
+        stop_epoch: stop after this many epochs (default ``recipe.epochs``); the learning
+            rate schedule still follows ``recipe.epochs``.
+        checkpoint: file for the per-epoch checkpoint; ``resume`` continues from it.
+        run_config: anything identifying the run; a resumed checkpoint must match it.
+    """
+    recipe.check()
+    device = recipe.resolved_device()
+    stop = recipe.epochs if stop_epoch is None else int(stop_epoch)
+    _seed_everything(recipe.seed)
+    model = build_model(arch, bundle.num_classes, bundle.input_shape).to(device)
+    cl = recipe.channels_last and device.type == "cuda"
+    amp = recipe.amp and device.type == "cuda"
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                          nesterov=recipe.nesterov and recipe.momentum > 0,
+                          weight_decay=recipe.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, recipe.resolved_milestones(), recipe.gamma)
+    config = {"arch": arch, "recipe": asdict(recipe), "dataset": bundle.fingerprint,
+              "num_train": int(len(train_indices)), **(run_config or {})}
+    result = FitResult(model=model)
+    start_epoch = 0
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and resume and ckpt.exists():
+        state = load_checkpoint(ckpt)
+        if state.get("config") != _jsonable(config):
+            raise ValueError(f"{ckpt} was written by a run with other settings; resume with the "
+                             "same options, or delete the checkpoint / use another --out")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        if tracking is not None:
+            tracking.tracker.load_state_dict(state["tracker"])
+        start_epoch = int(state["epoch"])
+        result.history = list(state["history"])
+        result.seconds = float(state.get("seconds", 0.0))
+        result.tracking_seconds = float(state.get("tracking_seconds", 0.0))
+        result.extra_forward_passes = int(state.get("extra_forward_passes", 0))
+        log.info("resumed %s from %s at epoch %d", desc, ckpt, start_epoch)
+    elif resume and ckpt is not None:
+        log.info("no checkpoint at %s; starting %s from scratch", ckpt, desc)
+
+    train_set = IndexedSubset(bundle.train, train_indices)
+    tracked = set(tracking.epochs) if tracking is not None else set()
+    n_train = len(train_indices)
+    for epoch in range(start_epoch, stop):
+        t0 = time.perf_counter()
+        model.train()
+        torch.manual_seed(_epoch_seed(recipe.seed, epoch))  # augmentation in the main process
+        loader = make_loader(train_set, recipe.batch_size, shuffle=True, num_workers=recipe.workers,
+                             seed=_epoch_seed(recipe.seed, epoch))
+        record_train = tracking is not None and epoch in tracked and tracking.loss_source == "train"
+        tot_loss, tot_correct, seen = 0.0, 0, 0
+        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{stop}", leave=False, disable=not progress)
+        for batch in bar:
+            x, y, k = _to_device(batch, device, cl)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                out = model(x)
+            if record_train:
+                losses = tracking.tracker.record(k, logits=out, targets=y)
+            else:
+                losses = F.cross_entropy(out.float(), y, reduction="none")
+            loss = losses.mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                tot_loss += float(losses.detach().sum())
+                tot_correct += int((out.argmax(1) == y).sum())
+                seen += y.shape[0]
+            bar.set_postfix(loss=f"{tot_loss / seen:.3f}", acc=f"{100 * tot_correct / seen:.1f}%")
+        sched.step()
+        entry = {"epoch": epoch + 1, "train_loss": tot_loss / max(seen, 1),
+                 "train_acc": tot_correct / max(seen, 1), "lr": opt.param_groups[0]["lr"]}
+        train_seconds = time.perf_counter() - t0
+        if tracking is not None and epoch in tracked:
+            t1 = time.perf_counter()
+            tr = tracking.tracker
+            if tracking.loss_source == "eval":
+                losses, _ = predict(model, bundle.train_eval, train_indices, recipe, device,
+                                    desc="eval pass (train split)", progress=progress)
+                tr.record(torch.arange(n_train), losses.to(tr.device))
+                result.extra_forward_passes += 1
+            vloss, vcorrect = predict(model, bundle.train_eval, tracking.val_indices, recipe, device,
+                                      desc="validation", progress=progress)
+            tr.record_validation(vloss)
+            tr.end_epoch()
+            entry.update(val_loss=float(vloss.mean()), val_acc=float(vcorrect.float().mean()))
+            result.tracking_seconds += time.perf_counter() - t1
+        result.seconds += time.perf_counter() - t0
+        entry["seconds"] = time.perf_counter() - t0
+        entry["train_seconds"] = train_seconds
+        result.history.append(entry)
+        msg = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items())
+        log.info("%s epoch %d/%d: %s", desc, epoch + 1, stop, msg)
+        if ckpt is not None:
+            save_checkpoint(ckpt, {
+                "config": _jsonable(config), "epoch": epoch + 1, "model": model.state_dict(),
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "tracker": tracking.tracker.state_dict() if tracking is not None else None,
+                "history": result.history, "seconds": result.seconds,
+                "tracking_seconds": result.tracking_seconds,
+                "extra_forward_passes": result.extra_forward_passes,
+                "rng": {"torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                        "python": list(random.getstate()[1])},
+            })
+    if evaluate_test:
+        _, correct = predict(model, bundle.test, np.arange(len(bundle.test_targets)), recipe, device,
+                             desc="test", progress=progress)
+        result.test_accuracy = float(correct.float().mean())
+        log.info("%s: test accuracy %.2f %%", desc, 100 * result.test_accuracy)
+    result.peak_rss_mb = _peak_rss_mb()
+    if device.type == "cuda":
+        result.peak_cuda_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    return result
+
+
+def _jsonable(obj: Any) -> Any:
+    """Config values as plain lists/dicts/scalars, so they compare equal after torch.save."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
