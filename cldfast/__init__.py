@@ -2,7 +2,9 @@
 
 The public API: :class:`CLDTracker` (record losses in a training loop, read CLD scores when
 training ends), :func:`cld_from_trajectories` and :func:`read_authors_pickle` (stored
-trajectories), and :func:`build_info` (what this build was compiled with).
+trajectories), :func:`select` (class-balanced coresets in original dataset indices) and
+:func:`build_info` (what this build was compiled with). The pipeline behind the `cldfast`
+command is in :mod:`cldfast.pipeline`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 from . import _core
 from ._core import __version__
 from .offline import AuthorsLosses, cld_from_trajectories, read_authors_pickle
+from .selection import select
 from .tracker import CLDTracker, CLDWarning
 
 __all__ = [
@@ -22,6 +25,7 @@ __all__ = [
     "build_info",
     "cld_from_trajectories",
     "read_authors_pickle",
+    "select",
 ]
 
 

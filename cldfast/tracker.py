@@ -184,6 +184,7 @@ class CLDTracker:
         self._val_history = torch.zeros(4, self.num_classes, dtype=torch.float64, device=dev)
         self._history_base = 0
         self._val_trajectory: list[torch.Tensor] = []  # host copy per checkpoint, for reporting
+        self._staging: dict[torch.dtype, torch.Tensor] = {}  # device copies of CPU indices
         self._recorded = False
         self._val_recorded = False
 
@@ -197,12 +198,27 @@ class CLDTracker:
             raise ValueError(f"{name} must be 1-D [batch]; got shape {tuple(indices.shape)}")
         if indices.device != self.device:
             if indices.device.type == "cpu":
-                # Pinned loader output copies asynchronously; pageable memory is staged by CUDA.
-                indices = indices.to(self.device, non_blocking=True)
+                return self._stage(indices)
             else:
                 raise ValueError(f"{name} is on {indices.device} but the tracker is on {self.device}; "
                                  "indices may be on the CPU or on the tracker's device")
         return indices
+
+    def _stage(self, indices: torch.Tensor) -> torch.Tensor:
+        """Copy CPU indices into a reused device buffer (no allocation once it is big enough).
+
+        Reuse is safe without synchronisation: the copy and the kernels that read the buffer
+        are ordered on the same stream. From pinned memory (DataLoader(pin_memory=True)) the
+        copy is asynchronous.
+        """
+        buf = self._staging.get(indices.dtype)
+        n = indices.shape[0]
+        if buf is None or buf.shape[0] < n:
+            buf = torch.empty(max(n, 1024), dtype=indices.dtype, device=self.device)
+            self._staging[indices.dtype] = buf
+        out = buf[:n]
+        out.copy_(indices, non_blocking=True)  # pageable memory is staged by CUDA first
+        return out
 
     def _check_device(self, name: str, t: torch.Tensor) -> None:
         if t.device != self.device:

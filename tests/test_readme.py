@@ -1,0 +1,30 @@
+"""The README's training-loop example runs as written, and its commands are the ones CI uses."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def block_after(marker: str) -> str:
+    text = README.read_text()
+    m = re.search(re.escape(marker) + r"\s*```(?:python|bash)\n(.*?)```", text, re.S)
+    assert m, f"no code block after {marker} in README.md"
+    return m.group(1)
+
+
+def test_readme_example_runs(capsys):
+    namespace: dict = {}
+    exec(compile(block_after("<!-- readme-example -->"), "README.md", "exec"), namespace)
+    scores, coreset = namespace["scores"], namespace["coreset"]
+    assert scores.shape == (512,) and np.isfinite(scores.numpy()).all()
+    assert coreset.size == sum(round(0.2 * n + 1e-9) for n in np.bincount(namespace["y_tr"].numpy()))
+    assert "CLDTracker(num_samples=512" in capsys.readouterr().out
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert "<!-- ci:test-command -->" in ci
+    assert "pytest" in block_after("<!-- ci:test-command -->")
