@@ -18,7 +18,7 @@ import resource
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -92,6 +92,25 @@ class Tracking:
             raise ValueError(f"loss_source must be one of {LOSS_SOURCES}; got {self.loss_source!r}")
 
 
+class BatchRecorder(Protocol):
+    """Something that watches the training pass, e.g. a streaming baseline score.
+
+    ``on_batch`` gets the positions (CPU or device int64 [B], positions in the training
+    split), the detached logits [B, C] and the targets [B] of every training batch;
+    ``on_epoch_end`` is called after each epoch (0-based). ``state_dict`` /
+    ``load_state_dict`` go into the per-epoch checkpoint, so a resumed run continues them.
+    """
+
+    def on_batch(self, positions: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
+                 epoch: int) -> None: ...
+
+    def on_epoch_end(self, epoch: int) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 @dataclass
 class FitResult:
     model: torch.nn.Module
@@ -153,8 +172,8 @@ def _peak_rss_mb() -> float:
 def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Recipe, *,
         tracking: Tracking | None = None, stop_epoch: int | None = None,
         checkpoint: str | Path | None = None, resume: bool = False, evaluate_test: bool = True,
-        progress: bool = True, desc: str = "train", run_config: dict[str, Any] | None = None
-        ) -> FitResult:
+        progress: bool = True, desc: str = "train", run_config: dict[str, Any] | None = None,
+        recorders: Sequence[BatchRecorder] = ()) -> FitResult:
     """Train ``arch`` on ``bundle.train[train_indices]``, optionally tracking CLD.
 
     Args:
@@ -164,6 +183,7 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Rec
             rate schedule still follows ``recipe.epochs``.
         checkpoint: file for the per-epoch checkpoint; ``resume`` continues from it.
         run_config: anything identifying the run; a resumed checkpoint must match it.
+        recorders: watchers of every training batch (see :class:`BatchRecorder`).
     """
     recipe.check()
     device = recipe.resolved_device()
@@ -193,6 +213,8 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Rec
         sched.load_state_dict(state["scheduler"])
         if tracking is not None:
             tracking.tracker.load_state_dict(state["tracker"])
+        for rec, rec_state in zip(recorders, state.get("recorders") or []):
+            rec.load_state_dict(rec_state)
         start_epoch = int(state["epoch"])
         result.history = list(state["history"])
         result.seconds = float(state.get("seconds", 0.0))
@@ -222,6 +244,8 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Rec
                 losses = tracking.tracker.record(k, logits=out, targets=y)
             else:
                 losses = F.cross_entropy(out.float(), y, reduction="none")
+            for rec in recorders:
+                rec.on_batch(k, out.detach(), y, epoch)
             loss = losses.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -232,6 +256,8 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Rec
                 seen += y.shape[0]
             bar.set_postfix(loss=f"{tot_loss / seen:.3f}", acc=f"{100 * tot_correct / seen:.1f}%")
         sched.step()
+        for rec in recorders:
+            rec.on_epoch_end(epoch)
         entry = {"epoch": epoch + 1, "train_loss": tot_loss / max(seen, 1),
                  "train_acc": tot_correct / max(seen, 1), "lr": opt.param_groups[0]["lr"]}
         train_seconds = time.perf_counter() - t0
@@ -260,6 +286,7 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Rec
                 "config": _jsonable(config), "epoch": epoch + 1, "model": model.state_dict(),
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "tracker": tracking.tracker.state_dict() if tracking is not None else None,
+                "recorders": [rec.state_dict() for rec in recorders],
                 "history": result.history, "seconds": result.seconds,
                 "tracking_seconds": result.tracking_seconds,
                 "extra_forward_passes": result.extra_forward_passes,
