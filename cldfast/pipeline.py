@@ -8,7 +8,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from .data import DatasetBundle, load_dataset, split_train_val
 from .io import ScoresFile, load_indices, load_scores, save_indices, save_scores, write_json
 from .selection import select
 from .tracker import CLDTracker
-from .training import Recipe, Tracking, fit
+from .training import BatchRecorder, Recipe, Tracking, fit
 
 log = logging.getLogger("cldfast")
 
@@ -57,10 +57,15 @@ def tracked_epochs(epochs: int, track_epochs: int | None, track_every: int) -> l
 def track(data: DataSpec | DatasetBundle, out: str | Path, *, arch: str = "small-cnn",
           recipe: Recipe | None = None, val_fraction: float = 0.1, loss_source: str = "train",
           track_epochs: int | None = None, track_every: int = 1, per_class: bool = True,
-          precision: str = "float64", resume: bool = False, progress: bool = True
+          precision: str = "float64", resume: bool = False, progress: bool = True,
+          recorders: Sequence[BatchRecorder] = (),
+          final_scores: Callable[[Any, DatasetBundle, np.ndarray], dict[str, np.ndarray]] | None = None,
           ) -> tuple[ScoresFile, dict[str, Any]]:
     """Train a proxy with CLDTracker and write ``out/scores.npz``.
 
+    ``recorders`` watch the same training pass (e.g. other streaming scores); each one's
+    ``scores()`` dict of [N] arrays is stored in the scores file's ``extra``, as is the dict
+    returned by ``final_scores(model, bundle, train_indices)``, called once after training.
     Returns the scores file's contents and a metrics dict (timings, memory, accuracy).
     """
     recipe = recipe or Recipe()
@@ -81,7 +86,7 @@ def track(data: DataSpec | DatasetBundle, out: str | Path, *, arch: str = "small
                   "tracked_epochs": epochs, "per_class": per_class, "precision": precision}
     result = fit(bundle, train_idx, arch, recipe, tracking=tracking, stop_epoch=epochs[-1] + 1,
                  checkpoint=out / "checkpoints" / "proxy.pt", resume=resume, progress=progress,
-                 desc="proxy", run_config=run_config)
+                 desc="proxy", run_config=run_config, recorders=recorders)
     t_end = time.perf_counter()
     scores = tracker.scores().double().cpu().numpy()
     seconds_to_scores = time.perf_counter() - t_end
@@ -97,13 +102,21 @@ def track(data: DataSpec | DatasetBundle, out: str | Path, *, arch: str = "small
         "nonfinite_val_losses": summary["nonfinite_val_losses"],
         "classes_without_validation": summary["classes_without_validation"],
     }
-    sf = ScoresFile(scores, labels.astype(np.int64), train_idx, val_idx, meta,
-                    extra={"num_differences": tracker.num_differences().cpu().numpy()})
+    extra = {"num_differences": tracker.num_differences().cpu().numpy()}
+    for rec in recorders:
+        extra.update(rec.scores())
+    final_seconds = 0.0
+    if final_scores is not None:
+        t_final = time.perf_counter()
+        extra.update(final_scores(result.model, bundle, train_idx))
+        final_seconds = time.perf_counter() - t_final
+    sf = ScoresFile(scores, labels.astype(np.int64), train_idx, val_idx, meta, extra=extra)
     save_scores(out / "scores.npz", sf)
     metrics = {"proxy_test_accuracy": result.test_accuracy, "proxy_seconds": result.seconds,
                "tracking_seconds": result.tracking_seconds,
                "extra_forward_passes_over_train": result.extra_forward_passes,
                "seconds_from_training_end_to_scores": seconds_to_scores,
+               "final_scores_seconds": final_seconds,
                "tracker_bytes": tracker.nbytes, "peak_rss_mb": result.peak_rss_mb,
                "peak_cuda_mb": result.peak_cuda_mb, "history": result.history,
                "scored_samples": int(np.isfinite(scores).sum())}
