@@ -29,8 +29,8 @@ from cldfast import CLDTracker, _ops, _reference  # noqa: E402
 BATCH = 256
 CLASSES = 1000
 # Bytes the epoch-end update moves per sample when every sample was seen once (float64):
-# reads esum, count (8), last, tlast, ndiff (12), label (2), 5 co-moments (40);
-# writes 5 co-moments (40), ndiff, last, tlast, esum, count (20).
+# reads the epoch sum and count (8), last, tlast, ndiff (12), label (2), 5 co-moments (40);
+# writes 5 co-moments (40), ndiff, last, tlast (12) and clears the epoch buffer (8).
 EPOCH_BYTES = {torch.float64: 122, torch.float32: 82}
 
 
@@ -38,18 +38,20 @@ class NumpyStream:
     """The streaming update in numpy, on numpy copies of the tracker's state."""
 
     def __init__(self, tracker: CLDTracker):
-        self.f32 = tracker._f32.cpu().numpy().copy()
+        self.epoch = tracker._epoch[0].cpu().numpy().copy()
+        self.last = tracker._last.cpu().numpy().copy()
         self.i32 = tracker._i32.cpu().numpy().copy()
         self.acc = tracker._acc.cpu().numpy().copy()
         self.labels = tracker._labels.cpu().numpy().astype(np.int64)
 
     def record(self, index: np.ndarray, loss: np.ndarray) -> None:
-        np.add.at(self.f32[0], index, loss)
-        np.add.at(self.i32[0], index, 1)
+        np.add.at(self.epoch[0], index, loss)
+        np.add.at(self.epoch[1], index, 1.0)
 
     def end_epoch(self, history: np.ndarray, checkpoint: int) -> None:
-        esum, last = self.f32
-        count, tlast, ndiff = self.i32
+        esum, count = self.epoch
+        last = self.last
+        tlast, ndiff = self.i32
         seen = count > 0
         mean = esum / np.maximum(count, 1)
         paired = seen & (tlast >= 0)
@@ -66,7 +68,7 @@ class NumpyStream:
         mx[paired], my[paired] = nmx[paired], nmy[paired]
         ndiff[paired] += 1
         last[seen], tlast[seen] = mean[seen], checkpoint
-        esum[seen], count[seen] = 0, 0
+        self.epoch[:] = 0
 
 
 def make_tracker(n: int, device: str, precision: str) -> CLDTracker:
@@ -84,21 +86,21 @@ def bench_cpu(n: int, repeats: int, record_batches: int) -> list[dict]:
     nb = min(record_batches, n // BATCH)
     batches = [(perm[i * BATCH:(i + 1) * BATCH], losses[i * BATCH:(i + 1) * BATCH]) for i in range(nb)]
     history = torch.rand(8, CLASSES, dtype=torch.float64)
-    state = (tracker._f32, tracker._i32, tracker._acc, tracker._flags)
+    state = (tracker._epoch[0], tracker._last, tracker._i32, tracker._acc, tracker._flags)
 
     def fill_epoch():  # every sample observed once, so end_epoch does its full work
-        tracker._f32[0].copy_(losses)
-        tracker._i32[0].fill_(1)
+        tracker._epoch[0, 0].copy_(losses)
+        tracker._epoch[0, 1].fill_(1)
 
     rows = []
     # record(): per-batch cost, timed over `nb` batches.
     def rec_kernel():
         for idx, loss in batches:
-            _ops.record(idx, loss, tracker._f32, tracker._i32, tracker._flags)
+            _ops.record(idx, loss, tracker._epoch, n, tracker._flags)
 
     def rec_torch():
         for idx, loss in batches:
-            _reference._record(idx, loss, tracker._f32, tracker._i32, tracker._flags)
+            _reference._record(idx, loss, tracker._epoch, n, tracker._flags)
 
     np_stream = NumpyStream(tracker)
     np_batches = [(i.numpy(), l.numpy()) for i, l in batches]
@@ -110,23 +112,25 @@ def bench_cpu(n: int, repeats: int, record_batches: int) -> list[dict]:
     rec = {name: median_time(fn, repeats) / nb for name, fn in
            (("kernel", rec_kernel), ("torch-ops", rec_torch), ("numpy", rec_numpy))}
 
-    # end_epoch(): the O(N) update, timed on a full epoch's state.
-    tracker._i32[1].fill_(0)
+    # end_epoch(): the O(N) update and the clearing of the epoch buffer, on a full epoch.
+    tracker._i32[0].fill_(0)
 
     def end_kernel():
         fill_epoch()
         _ops.end_epoch(tracker._labels, history, 0, 1, *state)
+        tracker._epoch.zero_()
 
     def end_torch():
         fill_epoch()
         _reference._end_epoch(tracker._labels, history, 0, 1, *state)
+        tracker._epoch.zero_()
 
     hist_np = history.numpy()
 
     def end_numpy():
-        np_stream.f32[0][:] = losses.numpy()
-        np_stream.i32[0][:] = 1
-        np_stream.i32[1][:] = 0
+        np_stream.epoch[0][:] = losses.numpy()
+        np_stream.epoch[1][:] = 1
+        np_stream.i32[0][:] = 0
         np_stream.end_epoch(hist_np, 1)
 
     fill_cost = median_time(fill_epoch, repeats)
@@ -148,28 +152,28 @@ def bench_cuda(n: int, repeats: int) -> tuple[list[dict], float]:
     perm = torch.randperm(n, device=dev)
     losses = torch.rand(n, device=dev) * 5
     history = torch.rand(8, CLASSES, dtype=torch.float64, device=dev)
-    state = (tracker._f32, tracker._i32, tracker._acc, tracker._flags)
+    state = (tracker._epoch[0], tracker._last, tracker._i32, tracker._acc, tracker._flags)
     sync = torch.cuda.synchronize
     idx, loss = perm[:BATCH], losses[:BATCH]
     reps = 200
 
     def rec_kernel():
         for _ in range(reps):
-            _ops.record(idx, loss, tracker._f32, tracker._i32, tracker._flags)
+            _ops.record(idx, loss, tracker._epoch, n, tracker._flags)
 
     def rec_torch():
         for _ in range(reps):
-            _reference._record(idx, loss, tracker._f32, tracker._i32, tracker._flags)
+            _reference._record(idx, loss, tracker._epoch, n, tracker._flags)
 
     rec = {"kernel": median_time(rec_kernel, repeats, sync=sync) / reps,
            "torch-ops": median_time(rec_torch, repeats, sync=sync) / reps}
-    tracker._i32[1].fill_(0)
+    tracker._i32[0].fill_(0)
 
     def timed_end(fn):
         times = []
         for _ in range(repeats + 1):
-            tracker._f32[0].copy_(losses)
-            tracker._i32[0].fill_(1)
+            tracker._epoch[0, 0].copy_(losses)
+            tracker._epoch[0, 1].fill_(1)
             start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()
@@ -178,8 +182,15 @@ def bench_cuda(n: int, repeats: int) -> tuple[list[dict], float]:
             times.append(start.elapsed_time(stop) / 1e3)
         return float(np.median(times[1:]))
 
-    end = {"kernel": timed_end(lambda: _ops.end_epoch(tracker._labels, history, 0, 1, *state)),
-           "torch-ops": timed_end(lambda: _reference._end_epoch(tracker._labels, history, 0, 1, *state))}
+    def end_kernel():
+        _ops.end_epoch(tracker._labels, history, 0, 1, *state)
+        tracker._epoch.zero_()
+
+    def end_torch():
+        _reference._end_epoch(tracker._labels, history, 0, 1, *state)
+        tracker._epoch.zero_()
+
+    end = {"kernel": timed_end(end_kernel), "torch-ops": timed_end(end_torch)}
     src = torch.empty(max(n * EPOCH_BYTES[torch.float64] // 2, 2**28), dtype=torch.uint8, device=dev)
     dst = torch.empty_like(src)
     copy_s = median_time(lambda: dst.copy_(src), repeats, sync=sync)

@@ -47,66 +47,66 @@ def _is_cuda(t: torch.Tensor) -> bool:
     return t.device.type == "cuda"
 
 
-def record(index: torch.Tensor, loss: torch.Tensor, f32_state: torch.Tensor,
-           i32_state: torch.Tensor, flags: torch.Tensor) -> None:
+def record(index: torch.Tensor, loss: torch.Tensor, epoch: torch.Tensor, num_samples: int,
+           flags: torch.Tensor) -> None:
     """Add one batch of losses to the open epoch.
 
-    index: [B] int64/int32 on the state's device; loss: [B] floating, same device.
-    f32_state: [2, N] float32; i32_state: [3, N] int32; flags: [NUM_FLAGS] int64.
+    index: [B] int64/int32 on the epoch buffer's device; loss: [B] floating, same device.
+    epoch: [S, 2, chunk] float32 open-epoch buffer (sums, counts per shard); flags: [NUM_FLAGS].
     """
-    n = f32_state.shape[1]
     args = (index.data_ptr(), INDEX_CODES[index.dtype], index.stride(0), loss.data_ptr(),
-            FLOAT_CODES[loss.dtype], loss.stride(0), loss.shape[0], f32_state.data_ptr(),
-            i32_state.data_ptr(), n, flags.data_ptr())
-    if _is_cuda(f32_state):
-        _require_cuda_build(f32_state.device)
-        _core.cuda_record(*args, _stream(f32_state.device))
+            FLOAT_CODES[loss.dtype], loss.stride(0), loss.shape[0], epoch.data_ptr(),
+            epoch.shape[2], int(num_samples), flags.data_ptr())
+    if _is_cuda(epoch):
+        _require_cuda_build(epoch.device)
+        _core.cuda_record(*args, _stream(epoch.device))
     else:
         _core.cpu_record(*args)
 
 
-def record_ce(index: torch.Tensor, logits: torch.Tensor, target: torch.Tensor,
-              f32_state: torch.Tensor, i32_state: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
+def record_ce(index: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, epoch: torch.Tensor,
+              num_samples: int, flags: torch.Tensor) -> torch.Tensor:
     """Per-sample cross-entropy of ``logits`` [B, C] against ``target`` [B], recorded in place.
 
     Returns the losses as a new float32 tensor [B] (no autograd; see CLDTracker.record).
     ``logits`` must have unit stride along classes; rows may be strided.
     """
-    n = f32_state.shape[1]
     batch, classes = logits.shape
     out = torch.empty(batch, dtype=torch.float32, device=logits.device)
     args = (index.data_ptr(), INDEX_CODES[index.dtype], index.stride(0), logits.data_ptr(),
             FLOAT_CODES[logits.dtype], logits.stride(0), target.data_ptr(),
             INDEX_CODES[target.dtype], target.stride(0), batch, classes, out.data_ptr(),
-            f32_state.data_ptr(), i32_state.data_ptr(), n, flags.data_ptr())
-    if _is_cuda(f32_state):
-        _require_cuda_build(f32_state.device)
-        _core.cuda_record_ce(*args, _stream(f32_state.device))
+            epoch.data_ptr(), epoch.shape[2], int(num_samples), flags.data_ptr())
+    if _is_cuda(epoch):
+        _require_cuda_build(epoch.device)
+        _core.cuda_record_ce(*args, _stream(epoch.device))
     else:
         _core.cpu_record_ce(*args)
     return out
 
 
 def end_epoch(labels: torch.Tensor, val_history: torch.Tensor, history_base: int,
-              checkpoint: int, f32_state: torch.Tensor, i32_state: torch.Tensor,
-              acc: torch.Tensor, flags: torch.Tensor) -> None:
-    """Close checkpoint ``checkpoint``: fold every observed sample's difference into ``acc``.
+              checkpoint: int, epoch_shard: torch.Tensor, last: torch.Tensor,
+              i32_state: torch.Tensor, acc: torch.Tensor, flags: torch.Tensor) -> None:
+    """Close checkpoint ``checkpoint`` for the n samples held here.
 
-    labels: [N] int16/int32 column into val_history; val_history: [R, C] float64 with
-    contiguous rows, row r holding checkpoint ``history_base + r``; acc: [5, N] float32 or
-    float64. Writes the number of samples folded to flags[OBSERVED] and the oldest checkpoint
-    any sample still refers to to flags[MIN_LAST_CHECKPOINT] (NO_CHECKPOINT if none).
+    labels: [n] int16/int32 column into val_history; val_history: [R, C] float64 with
+    contiguous rows, row r holding checkpoint ``history_base + r``; epoch_shard: [2, chunk]
+    float32 contiguous (this shard's summed losses and counts, chunk >= n); last: [n] float32;
+    i32_state: [2, n] int32; acc: [5, n] float32 or float64. Writes the number of samples
+    folded to flags[OBSERVED] and the oldest checkpoint any sample still refers to to
+    flags[MIN_LAST_CHECKPOINT] (NO_CHECKPOINT if none). The epoch buffer is not cleared.
     """
-    n = f32_state.shape[1]
+    n = last.shape[0]
     flags[OBSERVED] = 0
     flags[MIN_LAST_CHECKPOINT] = NO_CHECKPOINT
     args = (n, labels.data_ptr(), LABEL_CODES[labels.dtype], val_history.data_ptr(),
-            val_history.stride(0), int(history_base), int(checkpoint),
-            f32_state.data_ptr(), i32_state.data_ptr(), acc.data_ptr(), ACC_CODES[acc.dtype],
-            flags.data_ptr())
-    if _is_cuda(f32_state):
-        _require_cuda_build(f32_state.device)
-        _core.cuda_end_epoch(*args, _stream(f32_state.device))
+            val_history.stride(0), int(history_base), int(checkpoint), epoch_shard.data_ptr(),
+            epoch_shard.shape[1], last.data_ptr(), i32_state.data_ptr(), acc.data_ptr(),
+            ACC_CODES[acc.dtype], flags.data_ptr())
+    if _is_cuda(acc):
+        _require_cuda_build(acc.device)
+        _core.cuda_end_epoch(*args, _stream(acc.device))
     else:
         _core.cpu_end_epoch(*args)
 
@@ -114,7 +114,7 @@ def end_epoch(labels: torch.Tensor, val_history: torch.Tensor, history_base: int
 def scores(i32_state: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
     """Pearson correlation per sample from the Welford state; NaN where fewer than 2 differences.
 
-    Returns a new [N] tensor in the accumulator dtype on the state's device.
+    i32_state: [2, n]; acc: [5, n]. Returns a new [n] tensor in the accumulator dtype.
     """
     n = acc.shape[1]
     out = torch.empty(n, dtype=acc.dtype, device=acc.device)

@@ -11,12 +11,15 @@ import torch
 from . import _ops
 
 
-def _record(index: torch.Tensor, loss: torch.Tensor, f32_state: torch.Tensor,
-            i32_state: torch.Tensor, flags: torch.Tensor) -> None:
-    n = f32_state.shape[1]
-    index = index.to(f32_state.device).long()
+def _epoch_offsets(index: torch.Tensor, chunk: int) -> torch.Tensor:
+    return (index // chunk) * 2 * chunk + index % chunk
+
+
+def _record(index: torch.Tensor, loss: torch.Tensor, epoch: torch.Tensor, num_samples: int,
+            flags: torch.Tensor) -> None:
+    index = index.to(epoch.device).long()
     loss = loss.float()
-    inside = (index >= 0) & (index < n)
+    inside = (index >= 0) & (index < num_samples)
     finite = torch.isfinite(loss)
     bad = index[~inside]
     if bad.numel():
@@ -25,11 +28,14 @@ def _record(index: torch.Tensor, loss: torch.Tensor, f32_state: torch.Tensor,
         flags[_ops.BAD_INDEX_COUNT] += bad.numel()
     flags[_ops.NON_FINITE] += (inside & ~finite).sum()
     ok = inside & finite
-    f32_state[0].index_add_(0, index[ok], loss[ok])
-    i32_state[0].index_add_(0, index[ok], torch.ones_like(index[ok], dtype=torch.int32))
+    chunk = epoch.shape[2]
+    at = _epoch_offsets(index[ok], chunk)
+    flat = epoch.view(-1)
+    flat.index_add_(0, at, loss[ok])
+    flat.index_add_(0, at + chunk, torch.ones_like(loss[ok]))
 
 
-def _record_ce(index, logits, target, f32_state, i32_state, flags) -> torch.Tensor:
+def _record_ce(index, logits, target, epoch, num_samples, flags) -> torch.Tensor:
     classes = logits.shape[1]
     t = target.long()
     valid = (t >= 0) & (t < classes)
@@ -41,15 +47,17 @@ def _record_ce(index, logits, target, f32_state, i32_state, flags) -> torch.Tens
         if int(flags[_ops.BAD_TARGET_COUNT]) == 0:
             flags[_ops.FIRST_BAD_TARGET] = bad[0]
         flags[_ops.BAD_TARGET_COUNT] += bad.numel()
-    _record(index[valid.to(index.device)], out[valid], f32_state, i32_state, flags)
+    _record(index[valid.to(index.device)], out[valid], epoch, num_samples, flags)
     return out
 
 
-def _end_epoch(labels, val_history, history_base, checkpoint, f32_state, i32_state, acc, flags) -> None:
-    esum, last = f32_state[0], f32_state[1]
-    count, tlast, ndiff = i32_state[0], i32_state[1], i32_state[2]
+def _end_epoch(labels, val_history, history_base, checkpoint, epoch_shard, last, i32_state, acc,
+               flags) -> None:
+    n = last.shape[0]
+    esum, count = epoch_shard[0, :n], epoch_shard[1, :n]
+    tlast, ndiff = i32_state[0], i32_state[1]
     seen = count > 0
-    mean = esum / count.clamp_min(1).float()
+    mean = esum / count.clamp_min(1)
     paired = seen & (tlast >= 0)
     col = labels.long()
     vnow = val_history[checkpoint - history_base][col]
@@ -67,15 +75,13 @@ def _end_epoch(labels, val_history, history_base, checkpoint, f32_state, i32_sta
     ndiff.add_(paired.int())
     last.copy_(torch.where(seen, mean, last))
     tlast.copy_(torch.where(seen, torch.full_like(tlast, checkpoint), tlast))
-    esum.masked_fill_(seen, 0.0)
-    count.masked_fill_(seen, 0)
     flags[_ops.OBSERVED] = seen.sum()
     still = tlast[tlast >= 0]
     flags[_ops.MIN_LAST_CHECKPOINT] = still.min() if still.numel() else _ops.NO_CHECKPOINT
 
 
 def _scores(i32_state: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
-    n = i32_state[2]
+    n = i32_state[1]
     m2x, m2y, cxy = acc[2], acc[3], acc[4]
     r = (cxy / (m2x.sqrt() * m2y.sqrt())).clamp(-1, 1)
     r = torch.where((m2x > 0) & (m2y > 0), r, torch.zeros_like(r))

@@ -5,27 +5,37 @@ CLD score of every training sample is ready when training ends, in O(N) memory t
 grow with the number of epochs. See ``shared/SPEC.md`` (summarised in the README) for the
 exact definition and observation rules.
 
-Memory per training sample (``precision="float64"``, the default): five float64 co-moments
-(40 B), the open epoch's loss sum and the previous checkpoint's mean loss (float32, 8 B), the
-open epoch's observation count, the last observed checkpoint and the number of differences
-(int32, 12 B) and the class label (int32, 4 B): 64 bytes. ``precision="float32"`` stores the
-co-moments in float32: 44 bytes.
+Memory per training sample (``precision="float64"``, the default): the open epoch's loss
+sum and observation count (float32, 8 B), five float64 co-moments (40 B), the previous
+checkpoint's mean loss (float32, 4 B), the last observed checkpoint and the number of
+differences (int32, 8 B) and the class label (int16, 2 B; int32 beyond 32767 classes):
+62 bytes. ``precision="float32"`` stores the co-moments in float32: 42 bytes.
+
+Under torch.distributed (detected when a process group with more than one rank is
+initialised) every rank records only its own batches into a full-size open-epoch buffer
+(8 B per sample) and owns the co-moment state of one shard of about N / W samples: at
+``end_epoch`` one reduce-scatter hands each rank the summed losses and counts of its shard,
+and one small all-reduce sums the validation losses and the error counters. Per rank that is
+8 + 54 / W bytes per training sample.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import warnings
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from . import _core, _ops
 
 __all__ = ["CLDTracker", "CLDWarning", "STATE_FORMAT"]
 
 # Version of the state_dict layout; bump when it changes incompatibly.
-STATE_FORMAT = 1
+STATE_FORMAT = 2
 
 _PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
 
@@ -72,12 +82,17 @@ def _check_1d(name: str, t: Any, expected_len: int | None = None) -> torch.Tenso
     return t
 
 
+def _labels_digest(labels: torch.Tensor) -> str:
+    return hashlib.sha256(labels.to(torch.int64).numpy().tobytes()).hexdigest()[:32]
+
+
 class _FusedCrossEntropy(torch.autograd.Function):
     """Per-sample cross-entropy computed and recorded by one kernel; backward = softmax - onehot."""
 
     @staticmethod
     def forward(ctx, logits, targets, index, tracker):  # noqa: D401 - autograd signature
-        out = _ops.record_ce(index, logits, targets, tracker._f32, tracker._i32, tracker._flags)
+        out = _ops.record_ce(index, logits, targets, tracker._epoch, tracker.num_samples,
+                             tracker._flags)
         ctx.save_for_backward(logits, targets)
         return out
 
@@ -103,6 +118,10 @@ class CLDTracker:
         device: where the state lives and the kernels run (``"cpu"`` or a CUDA device).
         precision: ``"float64"`` (default) or ``"float32"`` co-moment accumulators.
         num_classes: number of classes; default ``max(label) + 1`` over both label sets.
+        distributed: ``None`` (default) shards the state across the ranks of the default
+            process group when one with more than one rank is initialised; ``False`` keeps a
+            whole tracker in this process; ``True`` requires a process group.
+        process_group: the group to use instead of the default one.
 
     Usage, once per batch / epoch::
 
@@ -114,7 +133,8 @@ class CLDTracker:
 
     def __init__(self, train_labels: Any, val_labels: Any, *, per_class: bool = True,
                  device: str | torch.device | None = None, precision: str = "float64",
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None, distributed: bool | None = None,
+                 process_group: Any = None) -> None:
         labels = _as_label_tensor("train_labels", train_labels)
         val = _as_label_tensor("val_labels", val_labels)
         if labels.numel() == 0:
@@ -142,6 +162,17 @@ class CLDTracker:
         elif self.device.type != "cpu":
             raise ValueError(f"device must be 'cpu' or a CUDA device; got {self.device}")
 
+        self._group = process_group
+        if distributed is None:
+            distributed = (dist.is_available() and dist.is_initialized()
+                           and dist.get_world_size(process_group) > 1)
+        elif distributed and not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("distributed=True but torch.distributed has no initialised process "
+                               "group; call torch.distributed.init_process_group first")
+        self.distributed = bool(distributed)
+        self.world_size = dist.get_world_size(process_group) if self.distributed else 1
+        self.rank = dist.get_rank(process_group) if self.distributed else 0
+
         self.num_samples = int(labels.numel())
         self.num_val = int(val.numel())
         self.num_classes = int(num_classes)
@@ -150,13 +181,13 @@ class CLDTracker:
         self.checkpoint = 0  # checkpoints closed so far
         self.nonfinite_train = 0
         self.nonfinite_val = 0
-        self.observed_per_checkpoint: list[int] = []
+        self.observed_per_checkpoint: list[int] = []  # samples of this shard seen per checkpoint
 
         train_counts = torch.bincount(labels, minlength=self.num_classes)
         val_counts = torch.bincount(val, minlength=self.num_classes)
         missing = ((train_counts > 0) & (val_counts == 0)).nonzero().flatten().tolist()
         self.classes_without_validation = missing
-        if missing and self.per_class:
+        if missing and self.per_class and self.rank == 0:
             shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
             warnings.warn(
                 f"{len(missing)} class(es) have training samples but no validation samples "
@@ -165,19 +196,28 @@ class CLDTracker:
 
         dev = self.device
         acc_dtype = _PRECISIONS[precision]
-        n = self.num_samples
+        # This rank's shard of the samples: [lo, hi), `chunk` wide except for the last ones.
+        self._chunk = max(1, math.ceil(self.num_samples / self.world_size))
+        self._lo = min(self.rank * self._chunk, self.num_samples)
+        self._hi = min(self._lo + self._chunk, self.num_samples)
+        n = self._hi - self._lo
+        self._digest = _labels_digest(labels)
         # int16 labels keep the per-sample state within 64 bytes; int32 beyond 32767 classes.
         label_dtype = torch.int16 if self.num_classes <= 2**15 - 1 else torch.int32
-        self._labels = labels.to(label_dtype).to(dev)
+        self._labels = labels[self._lo:self._hi].to(label_dtype).to(dev)
         self._val_labels = val.to(label_dtype).to(dev)
         self._val_has_class = (val_counts > 0).to(dev)
-        self._f32 = torch.zeros(2, n, dtype=torch.float32, device=dev)
-        self._i32 = torch.zeros(3, n, dtype=torch.int32, device=dev)
-        self._i32[1].fill_(-1)  # last observed checkpoint: never
+        self._epoch = torch.zeros(self.world_size, 2, self._chunk, dtype=torch.float32, device=dev)
+        self._shard = (torch.zeros(2 * self._chunk, dtype=torch.float32, device=dev)
+                       if self.distributed else None)
+        self._last = torch.zeros(n, dtype=torch.float32, device=dev)
+        self._i32 = torch.zeros(2, n, dtype=torch.int32, device=dev)
+        self._i32[0].fill_(-1)  # last observed checkpoint: never
         self._acc = torch.zeros(5, n, dtype=acc_dtype, device=dev)
         self._flags = torch.zeros(_ops.NUM_FLAGS, dtype=torch.int64, device=dev)
         self._val_sum = torch.zeros(self.num_classes, dtype=torch.float64, device=dev)
         self._val_count = torch.zeros(self.num_classes, dtype=torch.int64, device=dev)
+        self._val_nonfinite = torch.zeros((), dtype=torch.int64, device=dev)
         # Validation loss per class at the checkpoints some sample may still be paired with:
         # row r holds checkpoint _history_base + r. Rows no sample refers to are dropped, so
         # with every sample seen every epoch this holds one or two rows, whatever the epochs.
@@ -187,6 +227,11 @@ class CLDTracker:
         self._staging: dict[torch.dtype, torch.Tensor] = {}  # device copies of CPU indices
         self._recorded = False
         self._val_recorded = False
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        """[lo, hi): the training positions whose CLD state this process holds."""
+        return self._lo, self._hi
 
     # ------------------------------------------------------------------ recording
     def _index_tensor(self, indices: Any, name: str = "indices") -> torch.Tensor:
@@ -199,9 +244,8 @@ class CLDTracker:
         if indices.device != self.device:
             if indices.device.type == "cpu":
                 return self._stage(indices)
-            else:
-                raise ValueError(f"{name} is on {indices.device} but the tracker is on {self.device}; "
-                                 "indices may be on the CPU or on the tracker's device")
+            raise ValueError(f"{name} is on {indices.device} but the tracker is on {self.device}; "
+                             "indices may be on the CPU or on the tracker's device")
         return indices
 
     def _stage(self, indices: torch.Tensor) -> torch.Tensor:
@@ -252,7 +296,7 @@ class CLDTracker:
             if losses.dtype not in _ops.FLOAT_CODES:
                 raise TypeError(f"losses must be float32, float16, bfloat16 or float64; got {losses.dtype}")
             self._check_device("losses", losses)
-            _ops.record(index, losses.detach(), self._f32, self._i32, self._flags)
+            _ops.record(index, losses.detach(), self._epoch, self.num_samples, self._flags)
             self._recorded = True
             return None
         if targets is None:
@@ -283,7 +327,8 @@ class CLDTracker:
                 and counted in ``nonfinite_val``.
             indices: optional [B] int positions in the validation set.
 
-        Each class's checkpoint value is the mean of the finite losses recorded for it.
+        Each class's checkpoint value is the mean of the finite losses recorded for it
+        (summed over all ranks under torch.distributed, so ranks may split V between them).
         """
         _check_1d("val losses", losses)
         if not losses.is_floating_point():
@@ -295,7 +340,7 @@ class CLDTracker:
                                  f"expected all {self.num_val} validation samples, or pass indices")
             cls = self._val_labels.long()
         else:
-            idx = torch.as_tensor(indices).to(self.device)
+            idx = torch.as_tensor(indices)
             if idx.dtype not in _ops.INDEX_CODES or idx.dim() != 1:
                 raise TypeError(f"val indices must be a 1-D int64/int32 tensor; got {idx.dtype} "
                                 f"with shape {tuple(idx.shape)}")
@@ -304,61 +349,89 @@ class CLDTracker:
             if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_val):
                 bad = idx[(idx < 0) | (idx >= self.num_val)][0]
                 raise IndexError(f"val index {int(bad)} is out of range [0, {self.num_val})")
-            cls = self._val_labels[idx.long()].long()
+            cls = self._val_labels[idx.to(self.device).long()].long()
         finite = torch.isfinite(losses)
-        self.nonfinite_val += int((~finite).sum())
+        self._val_nonfinite += (~finite).sum()
         self._val_sum.index_add_(0, cls, torch.where(finite, losses, torch.zeros_like(losses)))
         self._val_count.index_add_(0, cls, finite.to(torch.int64))
         self._val_recorded = True
 
     # ------------------------------------------------------------------ epochs
-    def _raise_flagged(self, flags: list[int]) -> None:
-        if flags[_ops.BAD_INDEX_COUNT]:
-            count, first = flags[_ops.BAD_INDEX_COUNT], flags[_ops.FIRST_BAD_INDEX]
+    def _collective_checks(self) -> tuple[list[int], torch.Tensor, torch.Tensor, int]:
+        """Counters and validation sums of the open epoch, summed over all ranks (one small
+        all-reduce). Returns (flag counts, val_sum, val_count, val_nonfinite); nothing is
+        changed."""
+        c = self.num_classes
+        slots = [_ops.BAD_INDEX_COUNT, _ops.NON_FINITE, _ops.BAD_TARGET_COUNT]
+        packed = torch.cat([self._val_sum, self._val_count.double(),
+                            self._flags[slots].double(), self._val_nonfinite.double().reshape(1),
+                            torch.tensor([float(self._recorded), float(self._val_recorded)],
+                                         dtype=torch.float64, device=self.device)])
+        if self.distributed:
+            dist.all_reduce(packed, group=self._group)
+        host = packed[2 * c:].tolist()  # the one host synchronisation per epoch
+        counts = [int(v) for v in host[:3]]
+        recorded, val_recorded = host[4] > 0, host[5] > 0
+        if not recorded:
+            raise RuntimeError("end_epoch() called but record() was not called since the last "
+                               "checkpoint; record this epoch's training losses first")
+        if not val_recorded:
+            raise RuntimeError("end_epoch() needs this epoch's validation losses: call "
+                               "record_validation() before end_epoch()")
+        return counts, packed[:c], packed[c:2 * c], int(host[3])
+
+    def _raise_flagged(self, counts: list[int]) -> None:
+        if not (counts[0] or counts[2]):
+            return
+        local = self._flags[[_ops.BAD_INDEX_COUNT, _ops.FIRST_BAD_INDEX, _ops.BAD_TARGET_COUNT,
+                             _ops.FIRST_BAD_TARGET]].tolist()
+        where = "" if not self.distributed else f" (over all ranks; this is rank {self.rank})"
+        if counts[0]:
             self._flags[_ops.BAD_INDEX_COUNT] = 0
+            example = f", e.g. {local[1]}" if local[0] else " on other ranks"
             raise IndexError(
-                f"record() received {count} index(es) outside [0, {self.num_samples}), e.g. {first}; "
-                "they were ignored. Indices must be positions in the training split the tracker "
-                "was built for. The epoch is still open: call end_epoch() again to close it with "
-                "the valid observations, or discard_epoch() to drop them")
-        if flags[_ops.BAD_TARGET_COUNT]:
-            count, first = flags[_ops.BAD_TARGET_COUNT], flags[_ops.FIRST_BAD_TARGET]
+                f"record() received {counts[0]} index(es) outside [0, {self.num_samples}){example}"
+                f"{where}; they were ignored. Indices must be positions in the training split the "
+                "tracker was built for. The epoch is still open: call end_epoch() again to close it "
+                "with the valid observations, or discard_epoch() to drop them")
+        if counts[2]:
             self._flags[_ops.BAD_TARGET_COUNT] = 0
+            example = f", e.g. {local[3]}" if local[2] else " on other ranks"
             raise IndexError(
-                f"record(logits=, targets=) received {count} target(s) outside the logits' "
-                f"class range, e.g. {first}; those rows were not recorded (their loss is NaN). "
+                f"record(logits=, targets=) received {counts[2]} target(s) outside the logits' "
+                f"class range{example}{where}; those rows were not recorded (their loss is NaN). "
                 "The epoch is still open: end_epoch() again closes it, discard_epoch() drops it")
 
-    def _validation_row(self) -> torch.Tensor:
-        missing = self._val_has_class & (self._val_count == 0)
+    def _validation_row(self, val_sum: torch.Tensor, val_count: torch.Tensor) -> torch.Tensor:
+        missing = self._val_has_class & (val_count == 0)
         if bool(missing.any()):
             classes = missing.nonzero().flatten().tolist()
             raise RuntimeError(
                 f"no finite validation loss was recorded this epoch for class(es) {classes[:20]}, "
                 "which have validation samples; call record_validation() with losses of all of V")
-        total = self._val_count.sum()
-        global_mean = self._val_sum.sum() / total
+        global_mean = val_sum.sum() / val_count.sum()
         if not self.per_class:
             return global_mean.expand(self.num_classes)
-        per_class = self._val_sum / self._val_count.clamp_min(1)
+        per_class = val_sum / val_count.clamp_min(1)
         return torch.where(self._val_has_class, per_class, global_mean)
 
     def end_epoch(self) -> int:
         """Close the current checkpoint and fold its differences into the CLD state.
 
-        Returns the number of training samples observed in this epoch. Raises, leaving the
-        epoch open and the state unchanged, when nothing was recorded, when validation losses
-        are missing, or when ``record`` saw out-of-range indices or targets.
+        Under torch.distributed every rank must call it (it runs the collectives). Returns
+        the number of training samples of this process's shard observed in this epoch.
+        Raises, leaving the epoch open and the state unchanged, when nothing was recorded,
+        when validation losses are missing, or when ``record`` saw out-of-range indices or
+        targets (on any rank).
         """
-        if not self._recorded:
-            raise RuntimeError("end_epoch() called but record() was not called since the last "
-                               "checkpoint; record this epoch's training losses first")
-        if not self._val_recorded or int(self._val_count.sum()) == 0:
-            raise RuntimeError("end_epoch() needs this epoch's validation losses: call "
-                               "record_validation() before end_epoch()")
-        flags = self._flags.tolist()  # the one host synchronisation per epoch
-        self._raise_flagged(flags)
-        row = self._validation_row()
+        counts, val_sum, val_count, val_nonfinite = self._collective_checks()
+        self._raise_flagged(counts)
+        row = self._validation_row(val_sum, val_count)
+        if self.distributed:
+            dist.reduce_scatter_tensor(self._shard, self._epoch.reshape(-1), group=self._group)
+            shard = self._shard.view(2, self._chunk)
+        else:
+            shard = self._epoch[0]
         t = self.checkpoint
         r = t - self._history_base
         if r >= self._val_history.shape[0]:
@@ -367,48 +440,68 @@ class CLDTracker:
             grown[:r] = self._val_history[:r]
             self._val_history = grown
         self._val_history[r] = row
-        self._val_trajectory.append(row.to('cpu', copy=True))
-        _ops.end_epoch(self._labels, self._val_history, self._history_base, t, self._f32,
+        self._val_trajectory.append(row.to("cpu", copy=True))
+        _ops.end_epoch(self._labels, self._val_history, self._history_base, t, shard, self._last,
                        self._i32, self._acc, self._flags)
-        flags = self._flags.tolist()
-        observed = flags[_ops.OBSERVED]
-        oldest = min(flags[_ops.MIN_LAST_CHECKPOINT], t)
+        observed, oldest = self._flags[[_ops.OBSERVED, _ops.MIN_LAST_CHECKPOINT]].tolist()
+        oldest = min(oldest, t)
         if oldest > self._history_base:
             keep = t + 1 - oldest
             self._val_history[:keep] = self._val_history[oldest - self._history_base: r + 1].clone()
             self._history_base = oldest
-        self.nonfinite_train += flags[_ops.NON_FINITE]
-        self._flags.zero_()
-        self._val_sum.zero_()
-        self._val_count.zero_()
-        self._recorded = False
-        self._val_recorded = False
+        self.nonfinite_train += counts[1]
+        self.nonfinite_val += val_nonfinite
+        self._clear_epoch()
         self.observed_per_checkpoint.append(int(observed))
         self.checkpoint = t + 1
         return int(observed)
 
-    def discard_epoch(self) -> None:
-        """Drop everything recorded since the last checkpoint (training and validation)."""
-        self._f32[0].zero_()
-        self._i32[0].zero_()
-        nonfinite = int(self._flags[_ops.NON_FINITE])
+    def _clear_epoch(self) -> None:
+        self._epoch.zero_()
         self._flags.zero_()
-        del nonfinite  # discarded observations are not reported either
         self._val_sum.zero_()
         self._val_count.zero_()
+        self._val_nonfinite.zero_()
         self._recorded = False
         self._val_recorded = False
 
+    def discard_epoch(self) -> None:
+        """Drop everything recorded since the last checkpoint (training and validation)."""
+        self._clear_epoch()
+
     # ------------------------------------------------------------------ results
-    def scores(self) -> torch.Tensor:
+    def _gather(self, local: torch.Tensor, gather: str | None) -> torch.Tensor | None:
+        if not self.distributed or gather is None:
+            return local
+        if gather not in ("all", "rank0"):
+            raise ValueError(f"gather must be 'all', 'rank0' or None; got {gather!r}")
+        padded = torch.full((self._chunk,), float("nan") if local.is_floating_point() else 0,
+                            dtype=local.dtype, device=local.device)
+        padded[: local.shape[0]] = local
+        if gather == "all":
+            out = torch.empty(self.world_size * self._chunk, dtype=local.dtype, device=local.device)
+            dist.all_gather_into_tensor(out, padded, group=self._group)
+            return out[: self.num_samples]
+        parts = ([torch.empty_like(padded) for _ in range(self.world_size)]
+                 if self.rank == 0 else None)
+        dist.gather(padded, parts, dst=dist.get_global_rank(self._group, 0) if self._group else 0,
+                    group=self._group)
+        return torch.cat(parts)[: self.num_samples] if self.rank == 0 else None
+
+    def scores(self, gather: str | None = "all") -> torch.Tensor | None:
         """CLD score of every training sample: [N] in the accumulator dtype, on the tracker's
         device. NaN where a sample has fewer than 2 loss differences; 0 for a zero-variance
-        series."""
-        return _ops.scores(self._i32, self._acc)
+        series.
 
-    def num_differences(self) -> torch.Tensor:
-        """[N] int32: loss differences folded in per sample."""
-        return self._i32[2].clone()
+        Under torch.distributed: ``gather="all"`` (default) returns all N scores on every
+        rank; ``"rank0"`` only on rank 0 (others get None); ``None`` returns this rank's
+        shard (positions :attr:`shard`). Every rank must call it unless ``gather=None``.
+        """
+        return self._gather(_ops.scores(self._i32, self._acc), gather)
+
+    def num_differences(self, gather: str | None = "all") -> torch.Tensor | None:
+        """[N] int32: loss differences folded in per sample (``gather`` as for :meth:`scores`)."""
+        return self._gather(self._i32[1].clone(), gather)
 
     @property
     def val_trajectory(self) -> torch.Tensor:
@@ -420,14 +513,18 @@ class CLDTracker:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the tracker's buffers (per-sample state, labels, validation state)."""
-        tensors = (self._labels, self._val_labels, self._val_has_class, self._f32, self._i32,
-                   self._acc, self._flags, self._val_sum, self._val_count, self._val_history,
-                   *self._val_trajectory)
+        """Bytes held by this process's buffers (epoch buffer, shard state, labels,
+        validation state and the host copy of the validation trajectory)."""
+        tensors = [self._labels, self._val_labels, self._val_has_class, self._epoch, self._last,
+                   self._i32, self._acc, self._flags, self._val_sum, self._val_count,
+                   self._val_history, *self._val_trajectory]
+        if self._shard is not None:
+            tensors.append(self._shard)
         return int(sum(t.numel() * t.element_size() for t in tensors))
 
     def summary(self) -> dict[str, Any]:
-        """Counts worth reporting next to the scores."""
+        """Counts worth reporting next to the scores (this process's view; the observed
+        counts are of its shard)."""
         return {
             "num_samples": self.num_samples,
             "num_val": self.num_val,
@@ -435,6 +532,9 @@ class CLDTracker:
             "checkpoints": self.checkpoint,
             "per_class": self.per_class,
             "precision": self.precision,
+            "world_size": self.world_size,
+            "rank": self.rank,
+            "shard": list(self.shard),
             "nonfinite_train_losses": self.nonfinite_train,
             "nonfinite_val_losses": self.nonfinite_val,
             "classes_without_validation": list(self.classes_without_validation),
@@ -444,8 +544,9 @@ class CLDTracker:
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume, as CPU tensors and plain Python values (a snapshot:
-        later updates do not change it). Mid-epoch state is included."""
+        """Everything this process needs to resume, as CPU tensors and plain Python values
+        (a snapshot: later updates do not change it). Mid-epoch state is included. Under
+        torch.distributed each rank saves its own and reloads it with the same world size."""
         return {
             "format": STATE_FORMAT,
             "version": _core.__version__,
@@ -453,19 +554,24 @@ class CLDTracker:
             "num_classes": self.num_classes,
             "per_class": self.per_class,
             "precision": self.precision,
+            "world_size": self.world_size,
+            "rank": self.rank,
             "checkpoint": self.checkpoint,
-            "nonfinite_train": self.nonfinite_train + int(self._flags[_ops.NON_FINITE]),
+            "nonfinite_train": self.nonfinite_train,
             "nonfinite_val": self.nonfinite_val,
             "observed_per_checkpoint": list(self.observed_per_checkpoint),
             "recorded": self._recorded,
             "val_recorded": self._val_recorded,
-            "train_labels": self._labels.cpu().clone(),
+            "train_labels_sha256": self._digest,
             "val_labels": self._val_labels.cpu().clone(),
-            "f32_state": self._f32.cpu().clone(),
+            "epoch": self._epoch.cpu().clone(),
+            "flags": self._flags.cpu().clone(),
+            "last": self._last.cpu().clone(),
             "i32_state": self._i32.cpu().clone(),
             "acc": self._acc.cpu().clone(),
             "val_sum": self._val_sum.cpu().clone(),
             "val_count": self._val_count.cpu().clone(),
+            "val_nonfinite": int(self._val_nonfinite),
             "history_base": self._history_base,
             "val_history": self._val_history[: self.checkpoint - self._history_base].cpu().clone(),
             "val_trajectory": self.val_trajectory,
@@ -473,25 +579,35 @@ class CLDTracker:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict`. Everything is checked before anything is changed."""
-        required = ("format", "num_samples", "num_classes", "per_class", "precision", "checkpoint",
-                    "train_labels", "val_labels", "f32_state", "i32_state", "acc", "val_sum",
-                    "val_count", "val_history")
+        if not isinstance(state, Mapping):
+            raise TypeError(f"tracker state must be a dict from CLDTracker.state_dict(); got "
+                            f"{type(state).__name__}")
+        if "format" in state and state["format"] != STATE_FORMAT:
+            raise ValueError(f"tracker state has format {state['format']} (cldfast "
+                             f"{state.get('version', '?')}); this cldfast reads format {STATE_FORMAT}")
+        required = ("format", "num_samples", "num_classes", "per_class", "precision", "world_size",
+                    "rank", "checkpoint", "train_labels_sha256", "val_labels", "epoch", "flags",
+                    "last", "i32_state", "acc", "val_sum", "val_count", "history_base", "val_history")
         missing = [k for k in required if k not in state]
         if missing:
             raise KeyError(f"tracker state is missing {missing}; is it a CLDTracker.state_dict()?")
-        if state["format"] != STATE_FORMAT:
-            raise ValueError(f"tracker state has format {state['format']} (cldfast "
-                             f"{state.get('version', '?')}); this cldfast reads format {STATE_FORMAT}")
+        if (state["world_size"], state["rank"]) != (self.world_size, self.rank):
+            raise ValueError(f"tracker state was saved by rank {state['rank']} of "
+                             f"{state['world_size']} processes; this is rank {self.rank} of "
+                             f"{self.world_size}. Resume with the same number of processes "
+                             f"(torchrun --nproc_per_node ...), each loading its own rank's state")
         for key, mine in (("num_samples", self.num_samples), ("num_classes", self.num_classes),
                           ("per_class", self.per_class), ("precision", self.precision)):
             if state[key] != mine:
                 raise ValueError(f"tracker state has {key}={state[key]!r} but this tracker has "
                                  f"{key}={mine!r}")
-        n, t = self.num_samples, int(state["checkpoint"])
-        base = int(state.get("history_base", 0))
+        t, base = int(state["checkpoint"]), int(state["history_base"])
         if not 0 <= base <= t:
             raise ValueError(f"tracker state has history_base={base} outside [0, checkpoint={t}]")
-        shapes = {"f32_state": ((2, n), torch.float32), "i32_state": ((3, n), torch.int32),
+        n = self._hi - self._lo
+        shapes = {"epoch": ((self.world_size, 2, self._chunk), torch.float32),
+                  "flags": ((_ops.NUM_FLAGS,), torch.int64),
+                  "last": ((n,), torch.float32), "i32_state": ((2, n), torch.int32),
                   "acc": ((5, n), _PRECISIONS[self.precision]),
                   "val_sum": ((self.num_classes,), torch.float64),
                   "val_count": ((self.num_classes,), torch.int64),
@@ -501,25 +617,27 @@ class CLDTracker:
             if not isinstance(v, torch.Tensor) or tuple(v.shape) != shape or v.dtype != dtype:
                 got = (tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else type(v).__name__
                 raise ValueError(f"tracker state {key!r} should be {dtype} {shape}; got {got}")
-        if not torch.equal(state["train_labels"].cpu().long(), self._labels.cpu().long()):
+        if state["train_labels_sha256"] != self._digest:
             raise ValueError("tracker state was built for different train_labels (same N, "
                              "different classes): it belongs to another dataset or split")
         if not torch.equal(state["val_labels"].cpu().long(), self._val_labels.cpu().long()):
             raise ValueError("tracker state was built for different val_labels: it belongs to "
                              "another validation split")
         dev = self.device
-        self._f32.copy_(state["f32_state"])
+        self._epoch.copy_(state["epoch"])
+        self._flags.copy_(state["flags"])
+        self._last.copy_(state["last"])
         self._i32.copy_(state["i32_state"])
         self._acc.copy_(state["acc"])
         self._val_sum.copy_(state["val_sum"])
         self._val_count.copy_(state["val_count"])
+        self._val_nonfinite.fill_(int(state.get("val_nonfinite", 0)))
         self._val_history = torch.zeros(max(4, t - base), self.num_classes, dtype=torch.float64,
                                         device=dev)
         self._val_history[: t - base] = state["val_history"].to(dev)
         self._history_base = base
         trajectory = state.get("val_trajectory")
         self._val_trajectory = list(trajectory) if trajectory is not None else []
-        self._flags.zero_()
         self.checkpoint = t
         self.nonfinite_train = int(state.get("nonfinite_train", 0))
         self.nonfinite_val = int(state.get("nonfinite_val", 0))
@@ -528,6 +646,8 @@ class CLDTracker:
         self._val_recorded = bool(state.get("val_recorded", False))
 
     def __repr__(self) -> str:
+        dist_part = f", rank={self.rank}/{self.world_size}" if self.distributed else ""
         return (f"CLDTracker(num_samples={self.num_samples}, num_classes={self.num_classes}, "
                 f"checkpoints={self.checkpoint}, per_class={self.per_class}, "
-                f"precision={self.precision!r}, device={str(self.device)!r}, nbytes={self.nbytes})")
+                f"precision={self.precision!r}, device={str(self.device)!r}{dist_part}, "
+                f"nbytes={self.nbytes})")

@@ -19,33 +19,33 @@ T* ptr(uintptr_t address) {
 }
 
 RecordArgs make_record(uintptr_t index, int index_dtype, int64_t index_stride, uintptr_t loss,
-                       int loss_dtype, int64_t loss_stride, int64_t batch, uintptr_t f32_state,
-                       uintptr_t i32_state, int64_t num_samples, uintptr_t flags) {
+                       int loss_dtype, int64_t loss_stride, int64_t batch, uintptr_t epoch,
+                       int64_t chunk, int64_t num_samples, uintptr_t flags) {
   return RecordArgs{ptr<const void>(index), index_dtype, index_stride, ptr<const void>(loss),
-                    loss_dtype, loss_stride, batch, ptr<float>(f32_state),
-                    ptr<int32_t>(i32_state), num_samples, ptr<int64_t>(flags)};
+                    loss_dtype, loss_stride, batch, ptr<float>(epoch), chunk, num_samples,
+                    ptr<int64_t>(flags)};
 }
 
 RecordCEArgs make_record_ce(uintptr_t index, int index_dtype, int64_t index_stride,
                             uintptr_t logits, int logits_dtype, int64_t logits_stride,
                             uintptr_t target, int target_dtype, int64_t target_stride,
                             int64_t batch, int64_t num_classes, uintptr_t loss_out,
-                            uintptr_t f32_state, uintptr_t i32_state, int64_t num_samples,
+                            uintptr_t epoch, int64_t chunk, int64_t num_samples,
                             uintptr_t flags) {
   return RecordCEArgs{ptr<const void>(index), index_dtype, index_stride,
                       ptr<const void>(logits), logits_dtype, logits_stride,
                       ptr<const void>(target), target_dtype, target_stride,
                       batch, num_classes, ptr<float>(loss_out),
-                      ptr<float>(f32_state), ptr<int32_t>(i32_state), num_samples,
-                      ptr<int64_t>(flags)};
+                      ptr<float>(epoch), chunk, num_samples, ptr<int64_t>(flags)};
 }
 
 EndEpochArgs make_end_epoch(int64_t num_samples, uintptr_t labels, int labels_dtype,
                             uintptr_t val_history, int64_t val_stride, int32_t history_base,
-                            int32_t checkpoint, uintptr_t f32_state,
+                            int32_t checkpoint, uintptr_t epoch, int64_t chunk, uintptr_t last,
                             uintptr_t i32_state, uintptr_t acc, int acc_dtype, uintptr_t flags) {
   return EndEpochArgs{num_samples, ptr<const void>(labels), labels_dtype,
-                      ptr<const double>(val_history), val_stride, history_base, checkpoint, ptr<float>(f32_state), ptr<int32_t>(i32_state),
+                      ptr<const double>(val_history), val_stride, history_base, checkpoint,
+                      ptr<const float>(epoch), chunk, ptr<float>(last), ptr<int32_t>(i32_state),
                       ptr<void>(acc), acc_dtype, ptr<int64_t>(flags)};
 }
 
@@ -77,27 +77,28 @@ PYBIND11_MODULE(_core, m) {
 
   const auto release = py::call_guard<py::gil_scoped_release>();
   m.def("cpu_record", [](uintptr_t index, int index_dtype, int64_t index_stride, uintptr_t loss,
-                         int loss_dtype, int64_t loss_stride, int64_t batch, uintptr_t f32_state,
-                         uintptr_t i32_state, int64_t num_samples, uintptr_t flags) {
+                         int loss_dtype, int64_t loss_stride, int64_t batch, uintptr_t epoch,
+                         int64_t chunk, int64_t num_samples, uintptr_t flags) {
     cpu::record(make_record(index, index_dtype, index_stride, loss, loss_dtype, loss_stride, batch,
-                            f32_state, i32_state, num_samples, flags));
+                            epoch, chunk, num_samples, flags));
   }, release);
   m.def("cpu_record_ce", [](uintptr_t index, int index_dtype, int64_t index_stride,
                             uintptr_t logits, int logits_dtype, int64_t logits_stride,
                             uintptr_t target, int target_dtype, int64_t target_stride,
                             int64_t batch, int64_t num_classes, uintptr_t loss_out,
-                            uintptr_t f32_state, uintptr_t i32_state, int64_t num_samples,
+                            uintptr_t epoch, int64_t chunk, int64_t num_samples,
                             uintptr_t flags) {
     cpu::record_ce(make_record_ce(index, index_dtype, index_stride, logits, logits_dtype,
                                   logits_stride, target, target_dtype, target_stride, batch,
-                                  num_classes, loss_out, f32_state, i32_state, num_samples, flags));
+                                  num_classes, loss_out, epoch, chunk, num_samples, flags));
   }, release);
   m.def("cpu_end_epoch", [](int64_t num_samples, uintptr_t labels, int labels_dtype,
                             uintptr_t val_history, int64_t val_stride, int32_t history_base,
-                            int32_t checkpoint, uintptr_t f32_state,
+                            int32_t checkpoint, uintptr_t epoch, int64_t chunk, uintptr_t last,
                             uintptr_t i32_state, uintptr_t acc, int acc_dtype, uintptr_t flags) {
-    cpu::end_epoch(make_end_epoch(num_samples, labels, labels_dtype, val_history, val_stride, history_base, checkpoint,
-                                  f32_state, i32_state, acc, acc_dtype, flags));
+    cpu::end_epoch(make_end_epoch(num_samples, labels, labels_dtype, val_history, val_stride,
+                                  history_base, checkpoint, epoch, chunk, last, i32_state, acc,
+                                  acc_dtype, flags));
   }, release);
   m.def("cpu_scores", [](int64_t num_samples, uintptr_t i32_state, uintptr_t acc, int acc_dtype,
                          uintptr_t out) {
@@ -106,30 +107,31 @@ PYBIND11_MODULE(_core, m) {
 
 #ifdef CLDFAST_WITH_CUDA
   m.def("cuda_record", [](uintptr_t index, int index_dtype, int64_t index_stride, uintptr_t loss,
-                          int loss_dtype, int64_t loss_stride, int64_t batch, uintptr_t f32_state,
-                          uintptr_t i32_state, int64_t num_samples, uintptr_t flags,
+                          int loss_dtype, int64_t loss_stride, int64_t batch, uintptr_t epoch,
+                          int64_t chunk, int64_t num_samples, uintptr_t flags,
                           uintptr_t stream) {
     cuda::record(make_record(index, index_dtype, index_stride, loss, loss_dtype, loss_stride,
-                             batch, f32_state, i32_state, num_samples, flags), stream);
+                             batch, epoch, chunk, num_samples, flags), stream);
   }, release);
   m.def("cuda_record_ce", [](uintptr_t index, int index_dtype, int64_t index_stride,
                              uintptr_t logits, int logits_dtype, int64_t logits_stride,
                              uintptr_t target, int target_dtype, int64_t target_stride,
                              int64_t batch, int64_t num_classes, uintptr_t loss_out,
-                             uintptr_t f32_state, uintptr_t i32_state, int64_t num_samples,
+                             uintptr_t epoch, int64_t chunk, int64_t num_samples,
                              uintptr_t flags, uintptr_t stream) {
     cuda::record_ce(make_record_ce(index, index_dtype, index_stride, logits, logits_dtype,
                                    logits_stride, target, target_dtype, target_stride, batch,
-                                   num_classes, loss_out, f32_state, i32_state, num_samples,
+                                   num_classes, loss_out, epoch, chunk, num_samples,
                                    flags), stream);
   }, release);
   m.def("cuda_end_epoch", [](int64_t num_samples, uintptr_t labels, int labels_dtype,
                              uintptr_t val_history, int64_t val_stride, int32_t history_base,
-                             int32_t checkpoint, uintptr_t f32_state,
+                             int32_t checkpoint, uintptr_t epoch, int64_t chunk, uintptr_t last,
                              uintptr_t i32_state, uintptr_t acc, int acc_dtype, uintptr_t flags,
                              uintptr_t stream) {
-    cuda::end_epoch(make_end_epoch(num_samples, labels, labels_dtype, val_history, val_stride, history_base, checkpoint,
-                                   f32_state, i32_state, acc, acc_dtype, flags), stream);
+    cuda::end_epoch(make_end_epoch(num_samples, labels, labels_dtype, val_history, val_stride,
+                                   history_base, checkpoint, epoch, chunk, last, i32_state, acc,
+                                   acc_dtype, flags), stream);
   }, release);
   m.def("cuda_scores", [](int64_t num_samples, uintptr_t i32_state, uintptr_t acc,
                           int acc_dtype, uintptr_t out, uintptr_t stream) {

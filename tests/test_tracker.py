@@ -229,8 +229,7 @@ def test_fused_cross_entropy_matches_torch_and_records(device, dtype, index_dtyp
     grad_tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(fused_grad, logits.grad, **grad_tol)
     plain.record(idx, losses.detach())
-    torch.testing.assert_close(tracker._f32, plain._f32)
-    torch.testing.assert_close(tracker._i32, plain._i32)
+    torch.testing.assert_close(tracker._epoch, plain._epoch)
 
 
 def test_fused_cross_entropy_strided_rows_and_bad_target(device):
@@ -252,10 +251,12 @@ def test_bad_indices_are_flagged_and_never_applied(device):
     tracker = CLDTracker([0, 1, 0, 1], [0, 1], device=device)
     tracker.record(torch.tensor([0, 9, -3, 1]), torch.ones(4, device=device))
     tracker.record_validation(torch.ones(2))
-    before = tracker._f32.clone()
+    before = tracker.state_dict()
     with pytest.raises(IndexError, match=r"2 index\(es\) outside \[0, 4\), e\.g\. (9|-3)"):
         tracker.end_epoch()
-    torch.testing.assert_close(tracker._f32, before)
+    after = tracker.state_dict()
+    for key in ("epoch", "last", "i32_state", "acc"):
+        torch.testing.assert_close(after[key], before[key])
     assert tracker.checkpoint == 0
     assert tracker.end_epoch() == 2  # closed with the two valid observations
     assert tracker.checkpoint == 1
@@ -321,12 +322,14 @@ def test_state_dict_checks_before_changing_anything():
         CLDTracker([0, 1, 0], [0, 1]).load_state_dict(state)
     with pytest.raises(ValueError, match="format"):
         CLDTracker([0, 1, 0, 1], [0, 1]).load_state_dict({**state, "format": 99})
+    with pytest.raises(ValueError, match="rank 0 of 2 processes; this is rank 0 of 1"):
+        CLDTracker([0, 1, 0, 1], [0, 1]).load_state_dict({**state, "world_size": 2})
     broken = {**state, "acc": state["acc"][:, :2]}
     fresh = CLDTracker([0, 1, 0, 1], [0, 1])
     snapshot = fresh.state_dict()
     with pytest.raises(ValueError, match="'acc' should be"):
         fresh.load_state_dict(broken)
-    for key in ("f32_state", "i32_state", "acc"):
+    for key in ("epoch", "last", "i32_state", "acc"):
         torch.testing.assert_close(fresh.state_dict()[key], snapshot[key])
 
 
@@ -336,9 +339,9 @@ def test_memory_is_64_bytes_per_sample_and_independent_of_epochs():
     labels = rng.integers(0, 100, n)
     val_labels = np.arange(100).repeat(10)
     tracker = CLDTracker(labels, val_labels)
-    per_sample = (tracker._f32.nbytes + tracker._i32.nbytes + tracker._acc.nbytes
-                  + tracker._labels.nbytes) / n
-    assert per_sample <= 64
+    per_sample = (tracker._epoch.nbytes + tracker._last.nbytes + tracker._i32.nbytes
+                  + tracker._acc.nbytes + tracker._labels.nbytes) / n
+    assert per_sample == 62
     sizes = []
     for _ in range(30):
         tracker.record(torch.arange(n), torch.rand(n))

@@ -42,24 +42,25 @@ inline void flag_bad(int64_t* flags, int count_slot, int first_slot, int64_t val
 }
 
 // Adds one observation to the open epoch; shared by record() and record_ce().
-inline void fold_observation(float* esum, int32_t* ecount, int64_t n, int64_t* flags,
+inline void fold_observation(float* epoch, int64_t chunk, int64_t n, int64_t* flags,
                              int64_t idx, double loss) {
   if (idx < 0 || idx >= n) {
     flag_bad(flags, kBadIndexCount, kFirstBadIndex, idx);
   } else if (!is_finite(loss)) {
     flags[kNonFinite]++;
   } else {
-    esum[idx] += static_cast<float>(loss);
-    ecount[idx] += 1;
+    const int64_t at = epoch_sum_offset(idx, chunk);
+    epoch[at] += static_cast<float>(loss);
+    epoch[at + chunk] += 1.0f;
   }
 }
 
 template <typename Acc>
 void end_epoch_impl(const EndEpochArgs& a) {
   const int64_t n = a.num_samples;
-  float* esum = a.f32_state + kEpochSum * n;
-  float* last = a.f32_state + kLastLoss * n;
-  int32_t* ecount = a.i32_state + kEpochCount * n;
+  const float* esum = a.epoch;
+  const float* ecount = a.epoch + a.chunk;
+  float* last = a.last;
   int32_t* tlast = a.i32_state + kLastCheckpoint * n;
   int32_t* ndiff = a.i32_state + kNumDiffs * n;
   Acc* acc = static_cast<Acc*>(a.acc);
@@ -73,12 +74,12 @@ void end_epoch_impl(const EndEpochArgs& a) {
   int32_t oldest = INT32_MAX;
 #pragma omp parallel for schedule(static) reduction(+ : observed) reduction(min : oldest)
   for (int64_t i = 0; i < n; ++i) {
-    const int32_t c = ecount[i];
-    if (c == 0) {
+    const float c = ecount[i];
+    if (c == 0.0f) {
       if (tlast[i] >= 0 && tlast[i] < oldest) oldest = tlast[i];
       continue;
     }
-    const float mean = esum[i] / static_cast<float>(c);
+    const float mean = esum[i] / c;
     const int32_t t0 = tlast[i];
     if (t0 >= 0) {
       const int64_t col = load_label(a.labels, a.labels_dtype, i);
@@ -90,8 +91,6 @@ void end_epoch_impl(const EndEpochArgs& a) {
     }
     last[i] = mean;
     tlast[i] = a.checkpoint;
-    esum[i] = 0.0f;
-    ecount[i] = 0;
     ++observed;
     if (a.checkpoint < oldest) oldest = a.checkpoint;
   }
@@ -116,10 +115,8 @@ void scores_impl(const ScoresArgs& a) {
 
 void record(const RecordArgs& a) {
   const int64_t n = a.num_samples;
-  float* esum = a.f32_state + kEpochSum * n;
-  int32_t* ecount = a.i32_state + kEpochCount * n;
   for (int64_t b = 0; b < a.batch; ++b) {
-    fold_observation(esum, ecount, n, a.flags, load_index(a.index, a.index_dtype, b * a.index_stride),
+    fold_observation(a.epoch, a.chunk, n, a.flags, load_index(a.index, a.index_dtype, b * a.index_stride),
                      load_float(a.loss, a.loss_dtype, b * a.loss_stride));
   }
 }
@@ -143,15 +140,13 @@ void record_ce(const RecordCEArgs& a) {
     for (int64_t j = 0; j < classes; ++j) s += std::exp(load_float(a.logits, a.logits_dtype, row + j) - mx);
     a.loss_out[b] = static_cast<float>(mx + std::log(s) - load_float(a.logits, a.logits_dtype, row + t));
   }
-  float* esum = a.f32_state + kEpochSum * n;
-  int32_t* ecount = a.i32_state + kEpochCount * n;
   for (int64_t b = 0; b < a.batch; ++b) {
     const int64_t t = load_index(a.target, a.target_dtype, b * a.target_stride);
     if (t < 0 || t >= classes) {
       flag_bad(a.flags, kBadTargetCount, kFirstBadTarget, t);
       continue;
     }
-    fold_observation(esum, ecount, n, a.flags, load_index(a.index, a.index_dtype, b * a.index_stride),
+    fold_observation(a.epoch, a.chunk, n, a.flags, load_index(a.index, a.index_dtype, b * a.index_stride),
                      a.loss_out[b]);
   }
 }

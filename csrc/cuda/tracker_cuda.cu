@@ -61,25 +61,23 @@ __device__ __forceinline__ void flag_bad(int64_t* flags, int count_slot, int fir
   if (old == 0ull) flags[first_slot] = value;
 }
 
-__device__ __forceinline__ void fold_observation(float* esum, int32_t* ecount, int64_t n,
+__device__ __forceinline__ void fold_observation(float* epoch, int64_t chunk, int64_t n,
                                                  int64_t* flags, int64_t idx, float loss) {
   if (idx < 0 || idx >= n) {
     flag_bad(flags, kBadIndexCount, kFirstBadIndex, idx);
   } else if (!isfinite(loss)) {
     atomicAdd(reinterpret_cast<unsigned long long*>(flags + kNonFinite), 1ull);
   } else {
-    atomicAdd(esum + idx, loss);
-    atomicAdd(ecount + idx, 1);
+    const int64_t at = epoch_sum_offset(idx, chunk);
+    atomicAdd(epoch + at, loss);
+    atomicAdd(epoch + at + chunk, 1.0f);
   }
 }
 
 __global__ void record_kernel(RecordArgs a) {
-  const int64_t n = a.num_samples;
-  float* esum = a.f32_state + kEpochSum * n;
-  int32_t* ecount = a.i32_state + kEpochCount * n;
   for (int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; b < a.batch;
        b += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    fold_observation(esum, ecount, n, a.flags, load_index(a.index, a.index_dtype, b * a.index_stride),
+    fold_observation(a.epoch, a.chunk, a.num_samples, a.flags, load_index(a.index, a.index_dtype, b * a.index_stride),
                      load_float(a.loss, a.loss_dtype, b * a.loss_stride));
   }
 }
@@ -120,8 +118,7 @@ __global__ void record_ce_kernel(RecordCEArgs a) {
       } else {
         const float loss = m + logf(s) - load_float(a.logits, a.logits_dtype, base + t);
         a.loss_out[row] = loss;
-        const int64_t n = a.num_samples;
-        fold_observation(a.f32_state + kEpochSum * n, a.i32_state + kEpochCount * n, n, a.flags,
+        fold_observation(a.epoch, a.chunk, a.num_samples, a.flags,
                          load_index(a.index, a.index_dtype, row * a.index_stride), loss);
       }
     }
@@ -131,9 +128,9 @@ __global__ void record_ce_kernel(RecordCEArgs a) {
 template <typename Acc>
 __global__ void end_epoch_kernel(EndEpochArgs a) {
   const int64_t n = a.num_samples;
-  float* esum = a.f32_state + kEpochSum * n;
-  float* last = a.f32_state + kLastLoss * n;
-  int32_t* ecount = a.i32_state + kEpochCount * n;
+  const float* esum = a.epoch;
+  const float* ecount = a.epoch + a.chunk;
+  float* last = a.last;
   int32_t* tlast = a.i32_state + kLastCheckpoint * n;
   int32_t* ndiff = a.i32_state + kNumDiffs * n;
   Acc* acc = static_cast<Acc*>(a.acc);
@@ -148,13 +145,13 @@ __global__ void end_epoch_kernel(EndEpochArgs a) {
     if (threadIdx.x == 0) block_oldest = INT_MAX;
     __syncthreads();
     if (i < n) {
-      const int32_t c = ecount[i];
-      if (c == 0) {
+      const float c = ecount[i];
+      if (c == 0.0f) {
         if (tlast[i] >= 0) oldest = tlast[i];
       } else {
         oldest = a.checkpoint;
         observed = 1;
-        const float mean = esum[i] / static_cast<float>(c);
+        const float mean = esum[i] / c;
         const int32_t t0 = tlast[i];
         if (t0 >= 0) {
           const int64_t col = load_label(a.labels, a.labels_dtype, i);
@@ -173,8 +170,6 @@ __global__ void end_epoch_kernel(EndEpochArgs a) {
         }
         last[i] = mean;
         tlast[i] = a.checkpoint;
-        esum[i] = 0.0f;
-        ecount[i] = 0;
       }
     }
     if (oldest != INT_MAX) atomicMin(&block_oldest, oldest);

@@ -36,11 +36,16 @@ enum Flag : int {
 
 // Rows of the accumulator block [5, N]: Welford state of the (dx, dy) pairs.
 enum AccRow : int { kMeanX = 0, kMeanY = 1, kM2X = 2, kM2Y = 3, kCXY = 4, kNumAccRows = 5 };
-// Rows of the float32 block [2, N]: the open epoch's loss sum and the last epoch mean.
-enum F32Row : int { kEpochSum = 0, kLastLoss = 1, kNumF32Rows = 2 };
-// Rows of the int32 block [3, N]: observations this epoch, last observed checkpoint
-// (-1 = never), number of differences folded in.
-enum I32Row : int { kEpochCount = 0, kLastCheckpoint = 1, kNumDiffs = 2, kNumI32Rows = 3 };
+// The open epoch's buffer is float32 [S, 2, chunk]: S shards of `chunk` samples (S = 1 in a
+// single process, the world size under torch.distributed, so that one reduce-scatter hands
+// every rank its shard), each shard a row of loss sums then a row of observation counts
+// (exact in float32 up to 2^24 observations). Sample i lives in shard i / chunk.
+CLDFAST_HD int64_t epoch_sum_offset(int64_t i, int64_t chunk) {
+  return (i / chunk) * 2 * chunk + (i % chunk);
+}
+// Rows of the int32 block [2, n]: last observed checkpoint (-1 = never), number of
+// differences folded in. n is the number of samples this process owns.
+enum I32Row : int { kLastCheckpoint = 0, kNumDiffs = 1, kNumI32Rows = 2 };
 
 // IEEE binary16 -> binary32, exact (normals, subnormals, inf, nan).
 CLDFAST_HD float half_bits_to_float(uint16_t h) {

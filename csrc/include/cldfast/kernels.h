@@ -15,9 +15,9 @@ struct RecordArgs {
   int loss_dtype;
   int64_t loss_stride;
   int64_t batch;         // B
-  float* f32_state;      // [2, N]: epoch loss sum, last epoch mean
-  int32_t* i32_state;    // [3, N]: epoch count, last checkpoint, number of differences
-  int64_t num_samples;   // N
+  float* epoch;          // [S, 2, chunk] open epoch: loss sums and counts (see common.h)
+  int64_t chunk;
+  int64_t num_samples;   // N, all samples
   int64_t* flags;        // [kNumFlags]
 };
 
@@ -34,30 +34,32 @@ struct RecordCEArgs {
   int64_t batch;         // B
   int64_t num_classes;   // C
   float* loss_out;       // [B] float32 per-sample cross-entropy
-  float* f32_state;
-  int32_t* i32_state;
+  float* epoch;
+  int64_t chunk;
   int64_t num_samples;
   int64_t* flags;
 };
 
 struct EndEpochArgs {
-  int64_t num_samples;       // N
+  int64_t num_samples;       // n: samples owned here (a shard under torch.distributed)
   const void* labels;        // [N] int16 or int32 column of each sample in the history
   int labels_dtype;
   const double* val_history; // [R, val_stride] validation loss per checkpoint and class;
   int64_t val_stride;        // row r holds checkpoint history_base + r
   int32_t history_base;
   int32_t checkpoint;        // the checkpoint being closed (its row must be filled in)
-  float* f32_state;
-  int32_t* i32_state;
+  const float* epoch;        // [2, chunk] this shard's summed epoch buffer: sums, counts
+  int64_t chunk;
+  float* last;               // [n] epoch mean at the last observed checkpoint
+  int32_t* i32_state;        // [2, n]: last observed checkpoint, number of differences
   void* acc;                 // [5, N] float32 or float64 Welford state
   int acc_dtype;
   int64_t* flags;
 };
 
 struct ScoresArgs {
-  int64_t num_samples;
-  const int32_t* i32_state;
+  int64_t num_samples;       // n
+  const int32_t* i32_state;  // [2, n]
   const void* acc;
   int acc_dtype;
   void* out;                 // [N] in the accumulator dtype
