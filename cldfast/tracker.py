@@ -82,6 +82,11 @@ def _check_1d(name: str, t: Any, expected_len: int | None = None) -> torch.Tenso
     return t
 
 
+# torch renamed the single-tensor collectives; use whichever this torch has.
+_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
 def _labels_digest(labels: torch.Tensor) -> str:
     return hashlib.sha256(labels.to(torch.int64).numpy().tobytes()).hexdigest()[:32]
 
@@ -428,7 +433,7 @@ class CLDTracker:
         self._raise_flagged(counts)
         row = self._validation_row(val_sum, val_count)
         if self.distributed:
-            dist.reduce_scatter_tensor(self._shard, self._epoch.reshape(-1), group=self._group)
+            _reduce_scatter(self._shard, self._epoch.reshape(-1), group=self._group)
             shard = self._shard.view(2, self._chunk)
         else:
             shard = self._epoch[0]
@@ -480,7 +485,7 @@ class CLDTracker:
         padded[: local.shape[0]] = local
         if gather == "all":
             out = torch.empty(self.world_size * self._chunk, dtype=local.dtype, device=local.device)
-            dist.all_gather_into_tensor(out, padded, group=self._group)
+            _all_gather(out, padded, group=self._group)
             return out[: self.num_samples]
         parts = ([torch.empty_like(padded) for _ in range(self.world_size)]
                  if self.rank == 0 else None)
