@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -105,6 +106,8 @@ def _add_recipe(p: argparse.ArgumentParser, proxy: bool = False) -> None:
     g.add_argument("--no-amp", action="store_true", help="disable bfloat16 autocast on CUDA")
     g.add_argument("--seed", type=int, default=0,
                    help="seed of the split, shuffling, initialisation (default: %(default)s)")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: convert BatchNorm layers to SyncBatchNorm")
 
 
 def _add_tracking(p: argparse.ArgumentParser) -> None:
@@ -228,7 +231,8 @@ def _recipe(args: argparse.Namespace, epochs_attr: str = "epochs") -> Recipe:
     return Recipe(epochs=epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                   nesterov=not args.no_nesterov, weight_decay=args.weight_decay,
                   milestones=tuple(args.milestones) if args.milestones else None, gamma=args.gamma,
-                  workers=args.workers, device=args.device, amp=not args.no_amp, seed=args.seed)
+                  workers=args.workers, device=args.device, amp=not args.no_amp, seed=args.seed,
+                  sync_bn=args.sync_bn)
 
 
 def _data(args: argparse.Namespace):
@@ -238,13 +242,15 @@ def _data(args: argparse.Namespace):
 
 
 def _setup_logging(out: Path | None, name: str) -> None:
-    log.setLevel(logging.INFO)
+    from .distributed import is_main
+
+    log.setLevel(logging.INFO if is_main() else logging.WARNING)
     log.handlers.clear()
     log.propagate = False
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter("cldfast: %(message)s"))
     log.addHandler(console)
-    if out is not None:
+    if out is not None and is_main():
         out.mkdir(parents=True, exist_ok=True)
         fh = logging.FileHandler(out / f"{name}.log")
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -275,6 +281,10 @@ def _cmd_track(args: argparse.Namespace) -> int:
                         track_epochs=args.track_epochs, track_every=args.track_every,
                         per_class=not args.global_val, precision=args.precision,
                         resume=args.resume, progress=not args.quiet)
+    from .distributed import is_main
+
+    if not is_main():
+        return 0
     write_json(Path(args.out) / "track_metrics.json", metrics)
     s = sf.scores[np.isfinite(sf.scores)]
     print(f"wrote {Path(args.out) / 'scores.npz'}: {s.size} of {sf.scores.size} samples scored, "
@@ -332,6 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "info":
         print(json.dumps(build_info(), indent=2))
         return 0
+    from .distributed import init_from_env, is_main
+
+    distributed = init_from_env()
+    if not is_main():
+        sys.stdout = open(os.devnull, "w")  # results are printed once, by rank 0
     out = Path(args.out) if hasattr(args, "out") else None
     _setup_logging(out, args.command)
     handlers = {"run": _cmd_run, "track": _cmd_track, "select": _cmd_select, "train": _cmd_train}
@@ -343,6 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cldfast {args.command}: interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130
+    finally:
+        if distributed:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
 
 
 if __name__ == "__main__":

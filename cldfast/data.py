@@ -405,7 +405,7 @@ def _seed_worker(worker_id: int) -> None:
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers: int = 0,
                 seed: int = 0, pin_memory: Optional[bool] = None,
-                drop_last: bool = False) -> DataLoader:
+                drop_last: bool = False, sampler: Any = None) -> DataLoader:
     """A DataLoader whose shuffling order (and worker seeds) follow ``seed``.
 
     Args:
@@ -417,6 +417,8 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers
         pin_memory: pin host memory for faster copies; defaults to
             ``torch.cuda.is_available()``.
         drop_last: drop the last incomplete batch.
+        sampler: e.g. a DistributedSampler; then ``shuffle`` must be False (the sampler
+            shuffles).
 
     With ``num_workers=0`` random augmentation draws from torch's global generator, so seed
     it (``torch.manual_seed``) for a fully reproducible run.
@@ -432,7 +434,8 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers
     return DataLoader(
         dataset,
         batch_size=int(batch_size),
-        shuffle=bool(shuffle),
+        shuffle=bool(shuffle) if sampler is None else None,
+        sampler=sampler,
         num_workers=int(num_workers),
         generator=generator,
         pin_memory=bool(pin_memory),

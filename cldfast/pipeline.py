@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from . import distributed as ddist
 from ._core import __version__
 from .data import DatasetBundle, load_dataset, split_train_val
 from .io import ScoresFile, load_indices, load_scores, save_indices, save_scores, write_json
@@ -88,9 +89,15 @@ def track(data: DataSpec | DatasetBundle, out: str | Path, *, arch: str = "small
                  checkpoint=out / "checkpoints" / "proxy.pt", resume=resume, progress=progress,
                  desc="proxy", run_config=run_config, recorders=recorders)
     t_end = time.perf_counter()
-    scores = tracker.scores().double().cpu().numpy()
+    gathered = tracker.scores(gather="rank0")
     seconds_to_scores = time.perf_counter() - t_end
+    num_differences = tracker.num_differences(gather="rank0")
     summary = tracker.summary()
+    out_file = out / "scores.npz"
+    if gathered is None:  # another rank than 0 under torch.distributed: rank 0 writes the file
+        ddist.barrier()
+        return load_scores(out_file), {"proxy_test_accuracy": result.test_accuracy}
+    scores = gathered.double().cpu().numpy()
     meta = {
         "dataset": bundle.name, "fingerprint": bundle.fingerprint, "arch": arch,
         "epochs_trained": epochs[-1] + 1, "recipe_epochs": recipe.epochs,
@@ -102,7 +109,7 @@ def track(data: DataSpec | DatasetBundle, out: str | Path, *, arch: str = "small
         "nonfinite_val_losses": summary["nonfinite_val_losses"],
         "classes_without_validation": summary["classes_without_validation"],
     }
-    extra = {"num_differences": tracker.num_differences().cpu().numpy()}
+    extra = {"num_differences": num_differences.cpu().numpy()}
     for rec in recorders:
         extra.update(rec.scores())
     final_seconds = 0.0
@@ -110,8 +117,10 @@ def track(data: DataSpec | DatasetBundle, out: str | Path, *, arch: str = "small
         t_final = time.perf_counter()
         extra.update(final_scores(result.model, bundle, train_idx))
         final_seconds = time.perf_counter() - t_final
+    meta["world_size"] = tracker.world_size
     sf = ScoresFile(scores, labels.astype(np.int64), train_idx, val_idx, meta, extra=extra)
-    save_scores(out / "scores.npz", sf)
+    save_scores(out_file, sf)
+    ddist.barrier()
     metrics = {"proxy_test_accuracy": result.test_accuracy, "proxy_seconds": result.seconds,
                "tracking_seconds": result.tracking_seconds,
                "extra_forward_passes_over_train": result.extra_forward_passes,
@@ -155,8 +164,10 @@ def train(data: DataSpec | DatasetBundle, out: str | Path, *, arch: str = "small
     metrics = {"name": name, "arch": arch, "dataset": bundle.name, "train_samples": int(idx.size),
                "test_accuracy": result.test_accuracy, "seconds": result.seconds,
                "peak_rss_mb": result.peak_rss_mb, "peak_cuda_mb": result.peak_cuda_mb,
-               "recipe": asdict(recipe), "history": result.history}
-    write_json(out / f"{name}_metrics.json", metrics)
+               "recipe": asdict(recipe), "history": result.history,
+               "world_size": ddist.rank_world()[1]}
+    if ddist.is_main():
+        write_json(out / f"{name}_metrics.json", metrics)
     return metrics
 
 
@@ -209,13 +220,16 @@ def run(data: DataSpec | None = None, out: str | Path = "cldfast-out", *,
             idx = scores.train_indices
         else:
             idx = select_coreset(scores, fraction=f, order=order, seed=recipe.seed)
-            save_indices(out / "indices" / f"{name}.npy", idx)
+            if ddist.is_main():
+                save_indices(out / "indices" / f"{name}.npy", idx)
         log.info("training %s on %s (%d samples)", arch, name, idx.size)
         m = train(bundle, out / "runs", arch=arch, recipe=recipe, indices=idx, name=name,
                   resume=resume, progress=progress)
         results[name] = {"order": order, "fraction": f, "samples": int(idx.size),
                          "test_accuracy": m["test_accuracy"], "seconds": m["seconds"]}
     table = _result_table(results, fractions, compare)
+    if not ddist.is_main():
+        return RunResult(out, table, {})
     plot_accuracy_vs_fraction(out / "plots" / "accuracy_vs_fraction.png", results, fractions,
                               title=f"{arch} on {bundle.name}: CLD vs random coresets "
                                     f"(proxy {proxy_arch})")

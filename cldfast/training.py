@@ -8,10 +8,17 @@ validation split is evaluated after every tracked epoch. A checkpoint (model, op
 scheduler, tracker, RNG states) is written atomically after every epoch; ``resume=True``
 continues from it. Shuffling and augmentation are re-seeded from (seed, epoch) at the start
 of every epoch, so a resumed run on the CPU repeats an uninterrupted one bit for bit.
+
+Under torchrun (see :mod:`cldfast.distributed`) the model is wrapped in
+DistributedDataParallel, each rank trains on its DistributedSampler share (padding
+included) and records only its own batches; evaluation passes are split between ranks;
+every rank writes its own checkpoint file per epoch, and rank 0 then commits the epoch in a
+small manifest, so a run killed at any moment resumes from an epoch all ranks completed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import resource
@@ -25,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import distributed as ddist
 from .data import DatasetBundle, IndexedSubset, make_loader
-from .io import load_checkpoint, save_checkpoint
+from .io import load_checkpoint, save_checkpoint, write_json
 from .models import build_model
 from .tracker import CLDTracker
 
@@ -53,6 +61,7 @@ class Recipe:
     amp: bool = True            # bfloat16 autocast, CUDA only
     channels_last: bool = True  # CUDA only
     seed: int = 0
+    sync_bn: bool = False       # SyncBatchNorm under torch.distributed
 
     def resolved_milestones(self) -> list[int]:
         if self.milestones is not None:
@@ -152,6 +161,7 @@ def predict(model: torch.nn.Module, dataset, indices: np.ndarray, recipe: Recipe
     """Per-sample cross-entropy and correctness of ``dataset[indices]`` in eval mode.
 
     Returns (losses float32 [M], correct bool [M]) on the CPU, in the order of ``indices``.
+    Under torch.distributed call it with each rank's share (:func:`ddist.eval_shard`).
     """
     model.eval()
     subset = IndexedSubset(dataset, indices)
@@ -167,6 +177,73 @@ def predict(model: torch.nn.Module, dataset, indices: np.ndarray, recipe: Recipe
         losses[k] = F.cross_entropy(out.float(), y, reduction="none").cpu()
         correct[k] = (out.argmax(1) == y).cpu()
     return losses, correct
+
+
+def _shared_predict(model, dataset, indices: np.ndarray, recipe: Recipe, device: torch.device,
+                    desc: str, progress: bool) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """:func:`predict` on this rank's share of ``indices``: (positions, losses, correct)."""
+    positions = ddist.eval_shard(len(indices))
+    losses, correct = predict(model, dataset, indices[positions], recipe, device, desc=desc,
+                              progress=progress)
+    return positions, losses, correct
+
+
+def _mean_across(losses: torch.Tensor, correct: torch.Tensor, device: torch.device) -> tuple[float, float]:
+    total, right, count = ddist.sum_across(
+        [float(losses.double().sum()), float(correct.sum()), float(losses.numel())],
+        device if dist_backend_needs_device(device) else "cpu")
+    return total / max(count, 1), right / max(count, 1)
+
+
+def dist_backend_needs_device(device: torch.device) -> bool:
+    """NCCL reduces CUDA tensors only."""
+    return device.type == "cuda" and ddist.rank_world()[1] > 1
+
+
+class _Checkpoints:
+    """Per-epoch checkpoint files. One process: one file, replaced atomically. Several ranks:
+    one file per rank and epoch, then (after a barrier) rank 0 commits the epoch in
+    ``<name>.manifest.json``; files of older epochs are deleted only after that."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rank, self.world = ddist.rank_world()
+        self.manifest = path.with_name(path.name + ".manifest.json")
+
+    def _rank_file(self, epoch: int) -> Path:
+        return self.path.with_name(f"{self.path.stem}.rank{self.rank}-of-{self.world}"
+                                   f".epoch{epoch}{self.path.suffix}")
+
+    def latest(self) -> Path | None:
+        """The checkpoint file this process resumes from (None: start afresh)."""
+        if self.manifest.exists():
+            try:
+                info = json.loads(self.manifest.read_text())
+                epoch, world = int(info["epoch"]), int(info["world_size"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{self.manifest}: unreadable checkpoint manifest ({exc})") from None
+        elif self.path.exists():
+            epoch, world = -1, 1
+        else:
+            return None
+        if world != self.world:
+            raise ValueError(f"{self.path} checkpoints were written by {world} processes; this run "
+                             f"has {self.world}. Resume with torchrun --nproc_per_node={world} "
+                             "(and the same number of nodes), or use another --out")
+        return self.path if world == 1 else self._rank_file(epoch)
+
+    def save(self, epoch: int, state: dict[str, Any]) -> None:
+        if self.world == 1:
+            save_checkpoint(self.path, state)
+            return
+        save_checkpoint(self._rank_file(epoch), state)
+        ddist.barrier()
+        if self.rank == 0:
+            write_json(self.manifest, {"epoch": epoch, "world_size": self.world})
+        ddist.barrier()
+        for old in self.path.parent.glob(f"{self.path.stem}.rank{self.rank}-of-{self.world}.epoch*"):
+            if old != self._rank_file(epoch):
+                old.unlink(missing_ok=True)
 
 
 def _peak_rss_mb() -> float:
@@ -190,7 +267,9 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Rec
         recorders: watchers of every training batch (see :class:`BatchRecorder`).
     """
     recipe.check()
-    device = recipe.resolved_device()
+    device = ddist.local_device(recipe.resolved_device())
+    rank, world = ddist.rank_world()
+    progress = progress and rank == 0
     stop = recipe.epochs if stop_epoch is None else int(stop_epoch)
     _seed_everything(recipe.seed)
     model = build_model(arch, bundle.num_classes, bundle.input_shape).to(device)
@@ -198,16 +277,22 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Rec
     amp = recipe.amp and device.type == "cuda"
     if cl:
         model = model.to(memory_format=torch.channels_last)
+    if world > 1 and recipe.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    net = (torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+        if world > 1 else model)
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                           nesterov=recipe.nesterov and recipe.momentum > 0,
                           weight_decay=recipe.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, recipe.resolved_milestones(), recipe.gamma)
     config = {"arch": arch, "recipe": asdict(recipe), "dataset": bundle.fingerprint,
-              "num_train": int(len(train_indices)), **(run_config or {})}
+              "num_train": int(len(train_indices)), "world_size": world, **(run_config or {})}
     result = FitResult(model=model)
     start_epoch = 0
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    if ckpt is not None and resume and ckpt.exists():
+    ckpts = _Checkpoints(Path(checkpoint)) if checkpoint is not None else None
+    ckpt = ckpts.latest() if ckpts is not None and resume else None
+    if ckpt is not None:
         state = load_checkpoint(ckpt)
         if state.get("config") != _jsonable(config):
             raise ValueError(f"{ckpt} was written by a run with other settings; resume with the "
@@ -225,25 +310,32 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Rec
         result.tracking_seconds = float(state.get("tracking_seconds", 0.0))
         result.extra_forward_passes = int(state.get("extra_forward_passes", 0))
         log.info("resumed %s from %s at epoch %d", desc, ckpt, start_epoch)
-    elif resume and ckpt is not None:
-        log.info("no checkpoint at %s; starting %s from scratch", ckpt, desc)
+    elif resume and ckpts is not None:
+        log.info("no checkpoint at %s; starting %s from scratch", ckpts.path, desc)
 
     train_set = IndexedSubset(bundle.train, train_indices)
     tracked = set(tracking.epochs) if tracking is not None else set()
-    n_train = len(train_indices)
     for epoch in range(start_epoch, stop):
         t0 = time.perf_counter()
-        model.train()
-        torch.manual_seed(_epoch_seed(recipe.seed, epoch))  # augmentation in the main process
-        loader = make_loader(train_set, recipe.batch_size, shuffle=True, num_workers=recipe.workers,
-                             seed=_epoch_seed(recipe.seed, epoch))
+        net.train()
+        # Augmentation in the main process draws from torch's global generator.
+        torch.manual_seed(_epoch_seed(recipe.seed, epoch) + rank)
+        sampler = None
+        if world > 1:
+            sampler = torch.utils.data.DistributedSampler(
+                train_set, num_replicas=world, rank=rank, shuffle=True, seed=recipe.seed,
+                drop_last=False)
+            sampler.set_epoch(epoch)
+        loader = make_loader(train_set, recipe.batch_size, shuffle=sampler is None,
+                             num_workers=recipe.workers, seed=_epoch_seed(recipe.seed, epoch),
+                             sampler=sampler)
         record_train = tracking is not None and epoch in tracked and tracking.loss_source == "train"
         tot_loss, tot_correct, seen = 0.0, 0, 0
         bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{stop}", leave=False, disable=not progress)
         for batch in bar:
             x, y, k = _to_device(batch, device, cl)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out = model(x)
+                out = net(x)
             if record_train:
                 losses = tracking.tracker.record(k, logits=out, targets=y)
             else:
@@ -262,6 +354,9 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Rec
         sched.step()
         for rec in recorders:
             rec.on_epoch_end(epoch)
+        tot_loss, tot_correct, seen = ddist.sum_across(
+            [tot_loss, float(tot_correct), float(seen)],
+            device if dist_backend_needs_device(device) else "cpu")
         entry = {"epoch": epoch + 1, "train_loss": tot_loss / max(seen, 1),
                  "train_acc": tot_correct / max(seen, 1), "lr": opt.param_groups[0]["lr"]}
         train_seconds = time.perf_counter() - t0
@@ -269,15 +364,18 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Rec
             t1 = time.perf_counter()
             tr = tracking.tracker
             if tracking.loss_source == "eval":
-                losses, _ = predict(model, bundle.train_eval, train_indices, recipe, device,
-                                    desc="eval pass (train split)", progress=progress)
-                tr.record(torch.arange(n_train), losses.to(tr.device))
+                positions, losses, _ = _shared_predict(model, bundle.train_eval, train_indices,
+                                                       recipe, device, "eval pass (train split)",
+                                                       progress)
+                tr.record(torch.from_numpy(positions), losses.to(tr.device))
                 result.extra_forward_passes += 1
-            vloss, vcorrect = predict(model, bundle.train_eval, tracking.val_indices, recipe, device,
-                                      desc="validation", progress=progress)
-            tr.record_validation(vloss)
+            positions, vloss, vcorrect = _shared_predict(model, bundle.train_eval,
+                                                         tracking.val_indices, recipe, device,
+                                                         "validation", progress)
+            tr.record_validation(vloss, torch.from_numpy(positions))
             tr.end_epoch()
-            entry.update(val_loss=float(vloss.mean()), val_acc=float(vcorrect.float().mean()))
+            val_loss, val_acc = _mean_across(vloss, vcorrect, device)
+            entry.update(val_loss=val_loss, val_acc=val_acc)
             result.tracking_seconds += time.perf_counter() - t1
         result.seconds += time.perf_counter() - t0
         entry["seconds"] = time.perf_counter() - t0
@@ -285,8 +383,8 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Rec
         result.history.append(entry)
         msg = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items())
         log.info("%s epoch %d/%d: %s", desc, epoch + 1, stop, msg)
-        if ckpt is not None:
-            save_checkpoint(ckpt, {
+        if ckpts is not None:
+            ckpts.save(epoch + 1, {
                 "config": _jsonable(config), "epoch": epoch + 1, "model": model.state_dict(),
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "tracker": tracking.tracker.state_dict() if tracking is not None else None,
@@ -299,9 +397,9 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Rec
                         "python": list(random.getstate()[1])},
             })
     if evaluate_test:
-        _, correct = predict(model, bundle.test, np.arange(len(bundle.test_targets)), recipe, device,
-                             desc="test", progress=progress)
-        result.test_accuracy = float(correct.float().mean())
+        _, losses, correct = _shared_predict(model, bundle.test, np.arange(len(bundle.test_targets)),
+                                             recipe, device, "test", progress)
+        result.test_accuracy = _mean_across(losses, correct, device)[1]
         log.info("%s: test accuracy %.2f %%", desc, 100 * result.test_accuracy)
     result.peak_rss_mb = _peak_rss_mb()
     if device.type == "cuda":
