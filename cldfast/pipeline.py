@@ -79,7 +79,8 @@ def track(data: DataSpec | DatasetBundle, out: str | Path, *, arch: str = "small
     epochs = tracked_epochs(recipe.epochs, track_epochs, track_every)
     device = recipe.resolved_device()
     tracker = CLDTracker(labels, bundle.train_targets[val_idx], per_class=per_class, device=device,
-                         precision=precision, num_classes=bundle.num_classes)
+                         precision=precision, num_classes=bundle.num_classes,
+                         num_checkpoints=len(epochs))
     tracking = Tracking(tracker, loss_source, val_idx, epochs)
     log.info("tracking %s on %s: %d training / %d validation samples, checkpoints after epochs %s",
              arch, bundle.name, train_idx.size, val_idx.size, [e + 1 for e in epochs])

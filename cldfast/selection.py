@@ -102,3 +102,91 @@ def select(scores: Any, labels: Any, *, fraction: float | None = None,
         picked.append(ids[members[ranked[:quota]]])
     out = np.concatenate(picked) if picked else np.zeros(0, np.int64)
     return np.sort(out.astype(np.int64))
+
+
+def ccs_select(scores: Any, labels: Any, *, fraction: float, hard: str = "top",
+               beta: float = 0.1, strata: int = 50, class_balanced: bool = False,
+               dataset_indices: Any = None, seed: int = 0) -> np.ndarray:
+    """Coverage-centric coreset selection (CCS; Zheng et al., ICLR 2023).
+
+    1. Drop the hardest ``floor(beta * n)`` scored samples (the ``hard`` end: ``top`` = the
+       highest scores are hardest, ``bottom`` = the lowest), but never so many that fewer
+       than the budget remain.
+    2. Split the rest into ``strata`` bins of equal score width between their min and max.
+    3. Spread the budget over the bins, smallest bin first: each gets
+       ``min(its size, remaining budget // bins left)``, so small bins are taken whole and
+       the rest is shared evenly by the larger ones (the last bin takes what remains).
+    4. Draw each bin's share uniformly at random (``numpy.random.default_rng(seed)``; bins in
+       ascending score order, members in dataset-index order before the draw).
+
+    Args:
+        scores: [N] float difficulty scores (NaN = no score; never selected).
+        labels: [N] int classes.
+        fraction: budget ``round(fraction * N)`` (half up) over all samples, or
+            ``round(fraction * n_c)`` per class when ``class_balanced`` (CCS within each class).
+        hard: which end is hardest, ``top`` or ``bottom``.
+        beta: hard cutoff rate in [0, 1).
+        strata: number of bins, >= 1 (the paper uses 50).
+        class_balanced: run CCS within every class with its own quota (default: over all
+            samples, as in the paper).
+        dataset_indices: [N] original dataset index of each entry (default 0..N-1).
+        seed: seed of the draws.
+
+    Returns the selected original dataset indices, sorted int64.
+    """
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels).reshape(-1)
+    if y.shape != s.shape:
+        raise ValueError(f"labels has {y.shape[0]} entries but scores has {s.shape[0]}")
+    if hard not in ("top", "bottom"):
+        raise ValueError(f"hard must be 'top' or 'bottom'; got {hard!r}")
+    b = float(beta)
+    if not 0.0 <= b < 1.0:
+        raise ValueError(f"beta (CCS hard cutoff rate) must be in [0, 1); got {beta}")
+    k = int(strata)
+    if k < 1 or k != strata:
+        raise ValueError(f"strata must be a positive integer; got {strata}")
+    f = _check_fraction(fraction)
+    ids = np.arange(s.shape[0]) if dataset_indices is None else np.asarray(dataset_indices, np.int64)
+    if ids.shape != s.shape:
+        raise ValueError(f"dataset_indices has {ids.shape[0]} entries but scores has {s.shape[0]}")
+    if np.unique(ids).shape[0] != ids.shape[0]:
+        raise ValueError("dataset_indices holds duplicates: each entry must be a distinct sample")
+    rng = np.random.default_rng(seed)
+
+    def one_group(members: np.ndarray, budget: int) -> np.ndarray:
+        ranked = members[_ranking(s[members], ids[members], hard, rng)]  # hardest first, finite only
+        budget = min(budget, ranked.shape[0])
+        n_prune = min(int(math.floor(b * ranked.shape[0])), ranked.shape[0] - budget)
+        pool = ranked[n_prune:]
+        if budget == 0 or pool.size == 0:
+            return np.zeros(0, np.int64)
+        ps = s[pool]
+        lo, hi = float(ps.min()), float(ps.max())
+        if hi > lo:
+            bins = np.minimum(np.floor((ps - lo) / (hi - lo) * k).astype(np.int64), k - 1)
+        else:
+            bins = np.zeros(pool.shape[0], np.int64)
+        sizes = np.bincount(bins, minlength=k)
+        share = np.zeros(k, np.int64)
+        left = budget
+        for i, stratum in enumerate(np.argsort(sizes, kind="stable")):
+            take = min(int(sizes[stratum]), left // (k - i))
+            share[stratum] = take
+            left -= take
+        picked = []
+        for stratum in range(k):
+            if share[stratum] == 0:
+                continue
+            members_k = pool[bins == stratum]
+            members_k = members_k[np.argsort(ids[members_k], kind="stable")]
+            picked.append(rng.choice(members_k, size=int(share[stratum]), replace=False))
+        return ids[np.concatenate(picked)] if picked else np.zeros(0, np.int64)
+
+    if not class_balanced:
+        chosen = one_group(np.arange(s.shape[0]), int(math.floor(f * s.shape[0] + 0.5)))
+    else:
+        parts = [one_group(np.flatnonzero(y == c), quota)
+                 for c, quota in class_quotas(y, fraction=f).items()]
+        chosen = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    return np.sort(chosen.astype(np.int64))

@@ -16,7 +16,8 @@ initialised) every rank records only its own batches into a full-size open-epoch
 (8 B per sample) and owns the co-moment state of one shard of about N / W samples: at
 ``end_epoch`` one reduce-scatter hands each rank the summed losses and counts of its shard,
 and one small all-reduce sums the validation losses and the error counters. Per rank that is
-8 + 54 / W bytes per training sample.
+about 8 + 62 / W bytes per training sample (the open-epoch buffer, the shard's state and the
+shard's slot of the reduce-scatter).
 """
 
 from __future__ import annotations
@@ -127,6 +128,9 @@ class CLDTracker:
             process group when one with more than one rank is initialised; ``False`` keeps a
             whole tracker in this process; ``True`` requires a process group.
         process_group: the group to use instead of the default one.
+        num_checkpoints: optional total number of checkpoints; once that many are closed the
+            tracker is finished and ``record`` / ``end_epoch`` raise instead of silently
+            extending the trajectory.
 
     Usage, once per batch / epoch::
 
@@ -139,7 +143,7 @@ class CLDTracker:
     def __init__(self, train_labels: Any, val_labels: Any, *, per_class: bool = True,
                  device: str | torch.device | None = None, precision: str = "float64",
                  num_classes: int | None = None, distributed: bool | None = None,
-                 process_group: Any = None) -> None:
+                 process_group: Any = None, num_checkpoints: int | None = None) -> None:
         labels = _as_label_tensor("train_labels", train_labels)
         val = _as_label_tensor("val_labels", val_labels)
         if labels.numel() == 0:
@@ -156,6 +160,9 @@ class CLDTracker:
             raise ValueError(f"at most 2**31 - 2 training samples are supported; got {labels.numel()}")
         if precision not in _PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}; got {precision!r}")
+        if num_checkpoints is not None and int(num_checkpoints) < 1:
+            raise ValueError(f"num_checkpoints must be >= 1; got {num_checkpoints}")
+        self.num_checkpoints = None if num_checkpoints is None else int(num_checkpoints)
         self.device = torch.device(device if device is not None else "cpu")
         if self.device.type == "cuda":
             _ops._require_cuda_build(self.device)
@@ -269,6 +276,12 @@ class CLDTracker:
         out.copy_(indices, non_blocking=True)  # pageable memory is staged by CUDA first
         return out
 
+    def _check_open(self, what: str) -> None:
+        if self.num_checkpoints is not None and self.checkpoint >= self.num_checkpoints:
+            raise RuntimeError(f"{what} after the final checkpoint: this tracker was built for "
+                               f"num_checkpoints={self.num_checkpoints} and all are closed; read "
+                               "scores() or build a tracker with more checkpoints")
+
     def _check_device(self, name: str, t: torch.Tensor) -> None:
         if t.device != self.device:
             raise ValueError(f"{name} is on {t.device} but the tracker is on {self.device}; "
@@ -291,6 +304,7 @@ class CLDTracker:
         Out-of-range indices or targets are flagged by the kernel and reported by
         :meth:`end_epoch`; non-finite losses are skipped and counted.
         """
+        self._check_open("record()")
         if (losses is None) == (logits is None):
             raise ValueError("record() takes either losses or logits= and targets=, not both/neither")
         index = self._index_tensor(indices)
@@ -335,6 +349,7 @@ class CLDTracker:
         Each class's checkpoint value is the mean of the finite losses recorded for it
         (summed over all ranks under torch.distributed, so ranks may split V between them).
         """
+        self._check_open("record_validation()")
         _check_1d("val losses", losses)
         if not losses.is_floating_point():
             raise TypeError(f"val losses must be floating point; got {losses.dtype}")
@@ -429,6 +444,7 @@ class CLDTracker:
         when validation losses are missing, or when ``record`` saw out-of-range indices or
         targets (on any rank).
         """
+        self._check_open("end_epoch()")
         counts, val_sum, val_count, val_nonfinite = self._collective_checks()
         self._raise_flagged(counts)
         row = self._validation_row(val_sum, val_count)
@@ -561,6 +577,7 @@ class CLDTracker:
             "precision": self.precision,
             "world_size": self.world_size,
             "rank": self.rank,
+            "num_checkpoints": self.num_checkpoints,
             "checkpoint": self.checkpoint,
             "nonfinite_train": self.nonfinite_train,
             "nonfinite_val": self.nonfinite_val,
@@ -607,6 +624,9 @@ class CLDTracker:
                 raise ValueError(f"tracker state has {key}={state[key]!r} but this tracker has "
                                  f"{key}={mine!r}")
         t, base = int(state["checkpoint"]), int(state["history_base"])
+        if self.num_checkpoints is not None and t > self.num_checkpoints:
+            raise ValueError(f"tracker state has {t} checkpoints closed but this tracker was built "
+                             f"for num_checkpoints={self.num_checkpoints}")
         if not 0 <= base <= t:
             raise ValueError(f"tracker state has history_base={base} outside [0, checkpoint={t}]")
         n = self._hi - self._lo

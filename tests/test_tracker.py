@@ -375,3 +375,19 @@ def test_build_info():
     assert isinstance(info["cuda"], bool) and isinstance(info["openmp"], bool)
     assert info["cpu_threads"] >= 1
     assert bool(info["cuda_architectures"]) == info["cuda"]
+
+
+def test_finished_tracker_refuses_more_records():
+    tracker = CLDTracker([0, 1], [0, 1], num_checkpoints=2)
+    for _ in range(2):
+        tracker.record(torch.arange(2), torch.rand(2))
+        tracker.record_validation(torch.rand(2))
+        tracker.end_epoch()
+    before = tracker.scores().clone()
+    for call in (lambda: tracker.record(torch.arange(2), torch.rand(2)),
+                 lambda: tracker.record_validation(torch.rand(2)), tracker.end_epoch):
+        with pytest.raises(RuntimeError, match="after the final checkpoint.*num_checkpoints=2"):
+            call()
+    torch.testing.assert_close(tracker.scores(), before, equal_nan=True)
+    with pytest.raises(ValueError, match="num_checkpoints must be >= 1"):
+        CLDTracker([0], [0], num_checkpoints=0)
