@@ -18,7 +18,7 @@ from .data import DATASETS
 from .io import CorruptFileError, load_scores, save_indices
 from .models import ARCHS
 from .selection import ORDERS
-from .training import LOSS_SOURCES, Recipe
+from .training import LOSS_SOURCES, Preempted, Recipe
 
 log = logging.getLogger("cldfast")
 
@@ -355,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, CorruptFileError, IndexError, TypeError) as exc:
         print(f"cldfast {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Preempted as exc:
+        print(f"cldfast {args.command}: SIGTERM: checkpoint written at {exc.where}; rerun the same "
+              "command with --resume to continue", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"cldfast {args.command}: interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130

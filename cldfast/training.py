@@ -22,6 +22,8 @@ import json
 import logging
 import random
 import resource
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -210,40 +212,81 @@ class _Checkpoints:
         self.rank, self.world = ddist.rank_world()
         self.manifest = path.with_name(path.name + ".manifest.json")
 
-    def _rank_file(self, epoch: int) -> Path:
+    def _rank_file(self, tag: str) -> Path:
         return self.path.with_name(f"{self.path.stem}.rank{self.rank}-of-{self.world}"
-                                   f".epoch{epoch}{self.path.suffix}")
+                                   f".{tag}{self.path.suffix}")
 
     def latest(self) -> Path | None:
         """The checkpoint file this process resumes from (None: start afresh)."""
         if self.manifest.exists():
             try:
                 info = json.loads(self.manifest.read_text())
-                epoch, world = int(info["epoch"]), int(info["world_size"])
+                tag, world = str(info["tag"]), int(info["world_size"])
             except (ValueError, KeyError, TypeError) as exc:
                 raise ValueError(f"{self.manifest}: unreadable checkpoint manifest ({exc})") from None
         elif self.path.exists():
-            epoch, world = -1, 1
+            tag, world = "", 1
         else:
             return None
         if world != self.world:
             raise ValueError(f"{self.path} checkpoints were written by {world} processes; this run "
                              f"has {self.world}. Resume with torchrun --nproc_per_node={world} "
                              "(and the same number of nodes), or use another --out")
-        return self.path if world == 1 else self._rank_file(epoch)
+        return self.path if world == 1 else self._rank_file(tag)
 
-    def save(self, epoch: int, state: dict[str, Any]) -> None:
+    def save(self, tag: str, state: dict[str, Any]) -> None:
+        """Write ``state`` as the checkpoint ``tag`` (e.g. ``epoch3``, ``epoch3-batch120``)."""
         if self.world == 1:
             save_checkpoint(self.path, state)
             return
-        save_checkpoint(self._rank_file(epoch), state)
+        save_checkpoint(self._rank_file(tag), state)
         ddist.barrier()
         if self.rank == 0:
-            write_json(self.manifest, {"epoch": epoch, "world_size": self.world})
+            write_json(self.manifest, {"tag": tag, "world_size": self.world})
         ddist.barrier()
-        for old in self.path.parent.glob(f"{self.path.stem}.rank{self.rank}-of-{self.world}.epoch*"):
-            if old != self._rank_file(epoch):
+        for old in self.path.parent.glob(f"{self.path.stem}.rank{self.rank}-of-{self.world}.*"):
+            if old != self._rank_file(tag):
                 old.unlink(missing_ok=True)
+
+
+class Preempted(SystemExit):
+    """Raised after SIGTERM once a checkpoint is on disk; exit status 143 (128 + SIGTERM)."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(143)
+        self.where = where
+
+
+class _SigtermWatch:
+    """Turns SIGTERM into a request to checkpoint and stop at the next batch boundary.
+
+    Under torch.distributed the ranks agree (a one-element all-reduce every ``every``
+    batches and at the end of an epoch), so that all of them stop after the same batch.
+    """
+
+    def __init__(self, device: torch.device, every: int = 20) -> None:
+        self.requested = False
+        self.every = every
+        self.device = device if dist_backend_needs_device(device) else torch.device("cpu")
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
+        self.requested = True
+
+    def close(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def agreed(self, batch: int | None = None) -> bool:
+        """Whether to stop now; ``batch`` is the 0-based batch just finished (None: epoch end)."""
+        if ddist.rank_world()[1] == 1:
+            return self.requested
+        if batch is not None and (batch + 1) % self.every:
+            return False
+        return ddist.sum_across([float(self.requested)], self.device)[0] > 0
 
 
 def _peak_rss_mb() -> float:
@@ -290,6 +333,7 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Rec
               "num_train": int(len(train_indices)), "world_size": world, **(run_config or {})}
     result = FitResult(model=model)
     start_epoch = 0
+    resume_batches, resume_partial, resume_rng = 0, None, None
     ckpts = _Checkpoints(Path(checkpoint)) if checkpoint is not None else None
     ckpt = ckpts.latest() if ckpts is not None and resume else None
     if ckpt is not None:
@@ -305,97 +349,131 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Rec
         for rec, rec_state in zip(recorders, state.get("recorders") or []):
             rec.load_state_dict(rec_state)
         start_epoch = int(state["epoch"])
+        resume_batches = int(state.get("batches_done", 0))
+        resume_partial = state.get("partial")
+        resume_rng = state.get("rng")
         result.history = list(state["history"])
         result.seconds = float(state.get("seconds", 0.0))
         result.tracking_seconds = float(state.get("tracking_seconds", 0.0))
         result.extra_forward_passes = int(state.get("extra_forward_passes", 0))
-        log.info("resumed %s from %s at epoch %d", desc, ckpt, start_epoch)
+        log.info("resumed %s from %s at epoch %d%s", desc, ckpt, start_epoch,
+                 f" after batch {resume_batches}" if resume_batches else "")
     elif resume and ckpts is not None:
         log.info("no checkpoint at %s; starting %s from scratch", ckpts.path, desc)
 
     train_set = IndexedSubset(bundle.train, train_indices)
     tracked = set(tracking.epochs) if tracking is not None else set()
-    for epoch in range(start_epoch, stop):
-        t0 = time.perf_counter()
-        net.train()
-        # Augmentation in the main process draws from torch's global generator.
-        torch.manual_seed(_epoch_seed(recipe.seed, epoch) + rank)
-        sampler = None
-        if world > 1:
-            sampler = torch.utils.data.DistributedSampler(
-                train_set, num_replicas=world, rank=rank, shuffle=True, seed=recipe.seed,
-                drop_last=False)
-            sampler.set_epoch(epoch)
-        loader = make_loader(train_set, recipe.batch_size, shuffle=sampler is None,
-                             num_workers=recipe.workers, seed=_epoch_seed(recipe.seed, epoch),
-                             sampler=sampler)
-        record_train = tracking is not None and epoch in tracked and tracking.loss_source == "train"
-        tot_loss, tot_correct, seen = 0.0, 0, 0
-        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{stop}", leave=False, disable=not progress)
-        for batch in bar:
-            x, y, k = _to_device(batch, device, cl)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out = net(x)
-            if record_train:
-                losses = tracking.tracker.record(k, logits=out, targets=y)
-            else:
-                losses = F.cross_entropy(out.float(), y, reduction="none")
+    watch = _SigtermWatch(device)
+
+    def snapshot(epoch_done: int, batches_done: int, partial: list[float] | None) -> dict[str, Any]:
+        return {
+            "config": _jsonable(config), "epoch": epoch_done, "batches_done": batches_done,
+            "partial": partial, "model": model.state_dict(),
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "tracker": tracking.tracker.state_dict() if tracking is not None else None,
+            "recorders": [rec.state_dict() for rec in recorders],
+            "history": result.history, "seconds": result.seconds,
+            "tracking_seconds": result.tracking_seconds,
+            "extra_forward_passes": result.extra_forward_passes,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    "python": list(random.getstate()[1])},
+        }
+
+    try:
+        for epoch in range(start_epoch, stop):
+            t0 = time.perf_counter()
+            net.train()
+            # Augmentation in the main process draws from torch's global generator.
+            torch.manual_seed(_epoch_seed(recipe.seed, epoch) + rank)
+            sampler = None
+            if world > 1:
+                sampler = torch.utils.data.DistributedSampler(
+                    train_set, num_replicas=world, rank=rank, shuffle=True, seed=recipe.seed,
+                    drop_last=False)
+                sampler.set_epoch(epoch)
+            loader = make_loader(train_set, recipe.batch_size, shuffle=sampler is None,
+                                 num_workers=recipe.workers, seed=_epoch_seed(recipe.seed, epoch),
+                                 sampler=sampler)
+            record_train = (tracking is not None and epoch in tracked
+                            and tracking.loss_source == "train")
+            # Running sums stay on the device: reading them every batch would synchronise.
+            sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, seen
+            skip = resume_batches if epoch == start_epoch else 0
+            if skip and resume_partial is not None:
+                sums += torch.tensor(resume_partial, dtype=torch.float64, device=device)
+            bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{stop}", leave=False, disable=not progress)
+            for b, batch in enumerate(bar):
+                if b < skip:
+                    # Replaying the loader repeats the original run's shuffling and augmentation;
+                    # the saved generator state then covers what the skipped steps consumed.
+                    if b == skip - 1 and resume_rng is not None:
+                        torch.set_rng_state(resume_rng["torch"])
+                    continue
+                x, y, k = _to_device(batch, device, cl)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    out = net(x)
+                if record_train:
+                    losses = tracking.tracker.record(k, logits=out, targets=y)
+                else:
+                    losses = F.cross_entropy(out.float(), y, reduction="none")
+                for rec in recorders:
+                    rec.on_batch(k, out.detach(), y, epoch)
+                loss = losses.mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    sums[0] += losses.detach().sum()
+                    sums[1] += (out.argmax(1) == y).sum()
+                    sums[2] += y.shape[0]
+                if progress and b % 50 == 0:
+                    tl, tc, ts = sums.tolist()
+                    bar.set_postfix(loss=f"{tl / ts:.3f}", acc=f"{100 * tc / ts:.1f}%")
+                if watch.agreed(b):
+                    tag = f"epoch{epoch}-batch{b + 1}"
+                    if ckpts is not None:
+                        ckpts.save(tag, snapshot(epoch, b + 1, sums.tolist()))
+                    raise Preempted(f"epoch {epoch + 1}, after batch {b + 1}")
+            tot_loss, tot_correct, seen = sums.tolist()
+            sched.step()
             for rec in recorders:
-                rec.on_batch(k, out.detach(), y, epoch)
-            loss = losses.mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                tot_loss += float(losses.detach().sum())
-                tot_correct += int((out.argmax(1) == y).sum())
-                seen += y.shape[0]
-            bar.set_postfix(loss=f"{tot_loss / seen:.3f}", acc=f"{100 * tot_correct / seen:.1f}%")
-        sched.step()
-        for rec in recorders:
-            rec.on_epoch_end(epoch)
-        tot_loss, tot_correct, seen = ddist.sum_across(
-            [tot_loss, float(tot_correct), float(seen)],
-            device if dist_backend_needs_device(device) else "cpu")
-        entry = {"epoch": epoch + 1, "train_loss": tot_loss / max(seen, 1),
-                 "train_acc": tot_correct / max(seen, 1), "lr": opt.param_groups[0]["lr"]}
-        train_seconds = time.perf_counter() - t0
-        if tracking is not None and epoch in tracked:
-            t1 = time.perf_counter()
-            tr = tracking.tracker
-            if tracking.loss_source == "eval":
-                positions, losses, _ = _shared_predict(model, bundle.train_eval, train_indices,
-                                                       recipe, device, "eval pass (train split)",
-                                                       progress)
-                tr.record(torch.from_numpy(positions), losses.to(tr.device))
-                result.extra_forward_passes += 1
-            positions, vloss, vcorrect = _shared_predict(model, bundle.train_eval,
-                                                         tracking.val_indices, recipe, device,
-                                                         "validation", progress)
-            tr.record_validation(vloss, torch.from_numpy(positions))
-            tr.end_epoch()
-            val_loss, val_acc = _mean_across(vloss, vcorrect, device)
-            entry.update(val_loss=val_loss, val_acc=val_acc)
-            result.tracking_seconds += time.perf_counter() - t1
-        result.seconds += time.perf_counter() - t0
-        entry["seconds"] = time.perf_counter() - t0
-        entry["train_seconds"] = train_seconds
-        result.history.append(entry)
-        msg = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items())
-        log.info("%s epoch %d/%d: %s", desc, epoch + 1, stop, msg)
-        if ckpts is not None:
-            ckpts.save(epoch + 1, {
-                "config": _jsonable(config), "epoch": epoch + 1, "model": model.state_dict(),
-                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "tracker": tracking.tracker.state_dict() if tracking is not None else None,
-                "recorders": [rec.state_dict() for rec in recorders],
-                "history": result.history, "seconds": result.seconds,
-                "tracking_seconds": result.tracking_seconds,
-                "extra_forward_passes": result.extra_forward_passes,
-                "rng": {"torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                        "python": list(random.getstate()[1])},
-            })
+                rec.on_epoch_end(epoch)
+            tot_loss, tot_correct, seen = ddist.sum_across(
+                [tot_loss, float(tot_correct), float(seen)],
+                device if dist_backend_needs_device(device) else "cpu")
+            entry = {"epoch": epoch + 1, "train_loss": tot_loss / max(seen, 1),
+                     "train_acc": tot_correct / max(seen, 1), "lr": opt.param_groups[0]["lr"]}
+            train_seconds = time.perf_counter() - t0
+            if tracking is not None and epoch in tracked:
+                t1 = time.perf_counter()
+                tr = tracking.tracker
+                if tracking.loss_source == "eval":
+                    positions, losses, _ = _shared_predict(model, bundle.train_eval, train_indices,
+                                                           recipe, device, "eval pass (train split)",
+                                                           progress)
+                    tr.record(torch.from_numpy(positions), losses.to(tr.device))
+                    result.extra_forward_passes += 1
+                positions, vloss, vcorrect = _shared_predict(model, bundle.train_eval,
+                                                             tracking.val_indices, recipe, device,
+                                                             "validation", progress)
+                tr.record_validation(vloss, torch.from_numpy(positions))
+                tr.end_epoch()
+                val_loss, val_acc = _mean_across(vloss, vcorrect, device)
+                entry.update(val_loss=val_loss, val_acc=val_acc)
+                result.tracking_seconds += time.perf_counter() - t1
+            result.seconds += time.perf_counter() - t0
+            entry["seconds"] = time.perf_counter() - t0
+            entry["train_seconds"] = train_seconds
+            result.history.append(entry)
+            msg = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items())
+            log.info("%s epoch %d/%d: %s", desc, epoch + 1, stop, msg)
+            if ckpts is not None:
+                ckpts.save(f"epoch{epoch + 1}", snapshot(epoch + 1, 0, None))
+            if watch.agreed():
+                raise Preempted(f"the end of epoch {epoch + 1}")
+    finally:
+        watch.close()
     if evaluate_test:
         _, losses, correct = _shared_predict(model, bundle.test, np.arange(len(bundle.test_targets)),
                                              recipe, device, "test", progress)

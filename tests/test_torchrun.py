@@ -69,7 +69,8 @@ def test_killed_and_resumed_run_matches(uninterrupted, tmp_path):
     killed_at = None
     while time.time() < deadline and proc.poll() is None:
         try:
-            epoch = json.loads(manifest.read_text())["epoch"]
+            tag = json.loads(manifest.read_text())["tag"]  # "epoch<E>" once epoch E is committed
+            epoch = int(tag[len("epoch"):]) if tag.startswith("epoch") and "-" not in tag else 0
         except (OSError, ValueError, KeyError):
             epoch = 0
         if epoch >= 2:
