@@ -32,12 +32,11 @@ def plot_accuracy_vs_fraction(path: str | Path, results: dict[str, dict[str, Any
     ax.plot(xs, rnd, "s--", color="tab:gray", lw=2, label="random (class-balanced)")
     full = 100 * results["full"]["test_accuracy"]
     ax.axhline(full, color="black", lw=1, ls=":", label=f"full training split ({full:.1f} %)")
-    for x, y in zip(xs, cld):
-        ax.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 7), ha="center",
-                    fontsize=8, color="tab:blue")
-    for x, y in zip(xs, rnd):
-        ax.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, -13), ha="center",
-                    fontsize=8, color="tab:gray")
+    for x, c, r in zip(xs, cld, rnd):
+        # The higher of the two values is labelled above its marker, the lower one below.
+        for y, color, above in ((c, "tab:blue", c >= r), (r, "tab:gray", r > c)):
+            ax.annotate(f"{y:.1f}", (x, y), textcoords="offset points",
+                        xytext=(0, 7 if above else -14), ha="center", fontsize=8, color=color)
     ax.set_xlabel("coreset size (% of each class)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_xticks(xs)
