@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,12 +21,15 @@ from cldfast.io import load_checkpoint, load_scores
 TRACK = [sys.executable, "-m", "cldfast", "track", "--dataset", "digits", "--batch-size", "4",
          "--lr", "0.05", "--epochs", "5", "--quiet", "--device", "cpu"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+# Run outside the source tree, whose cldfast/ has no compiled module (`python -m` would
+# import it from the working directory).
+CWD = tempfile.gettempdir()
 
 
 def start(out: Path, resume: bool = True) -> subprocess.Popen:
     cmd = [*TRACK, "--out", str(out)] + (["--resume"] if resume else [])
-    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    return subprocess.Popen(cmd, env=ENV, cwd=CWD, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 @pytest.fixture(scope="module")

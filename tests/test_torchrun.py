@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,10 +34,12 @@ def free_port() -> int:
 def torchrun(out: Path, *extra: str, wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
     cmd = [*TORCHRUN, f"--master_port={free_port()}", *TRACK, "--out", str(out), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # Outside the source tree, whose cldfast/ has no compiled module.
+    cwd = tempfile.gettempdir()
     if wait:
-        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+        return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 @pytest.fixture(scope="module")
