@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ORDERS", "select", "class_quotas"]
+__all__ = ["ORDERS", "select", "class_quotas", "ccs_select"]
 
 ORDERS = ("top", "bottom", "zero", "random")
 
