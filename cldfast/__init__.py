@@ -14,7 +14,7 @@ from typing import Any
 from . import _core
 from ._core import __version__
 from .offline import AuthorsLosses, cld_from_trajectories, read_authors_pickle
-from .selection import select
+from .selection import ccs_select, select
 from .tracker import CLDTracker, CLDWarning
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "cld_from_trajectories",
     "read_authors_pickle",
     "select",
+    "ccs_select",
 ]
 
 

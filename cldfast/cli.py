@@ -1,5 +1,5 @@
-"""`cldfast` command line: run | track | select | train | info. A thin shell over
-cldfast.pipeline; every option maps to an argument of the Python API."""
+"""`cldfast` command line: run | track | select | train | bench | info. A thin shell over
+cldfast.pipeline and cldfast.bench; every option maps to an argument of the Python API."""
 
 from __future__ import annotations
 
@@ -212,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe(p)
     _add_output(p, "cldfast-out")
 
+    from .bench import register as register_bench
+
+    parser.set_defaults(bench_handler=register_bench(sub))
     sub.add_parser("info", help="show what this build of cldfast was compiled with")
     return parser
 
@@ -349,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # results are printed once, by rank 0
     out = Path(args.out) if hasattr(args, "out") else None
     _setup_logging(out, args.command)
-    handlers = {"run": _cmd_run, "track": _cmd_track, "select": _cmd_select, "train": _cmd_train}
+    handlers = {"run": _cmd_run, "track": _cmd_track, "select": _cmd_select, "train": _cmd_train,
+                "bench": args.bench_handler}
     try:
         return handlers[args.command](args)
     except (ValueError, FileNotFoundError, CorruptFileError, IndexError, TypeError) as exc:
