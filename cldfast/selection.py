@@ -39,6 +39,17 @@ def class_quotas(labels: np.ndarray, *, fraction: float | None = None,
     return {int(c): min(k, int(n)) for c, n in zip(classes, counts)}
 
 
+def _dataset_indices(dataset_indices: Any, n: int) -> np.ndarray:
+    """[n] int64 original dataset index of each score (default 0..n-1), checked distinct."""
+    ids = np.arange(n) if dataset_indices is None else np.asarray(dataset_indices, np.int64)
+    if ids.shape != (n,):
+        raise ValueError(f"dataset_indices has {ids.shape[0] if ids.ndim else 0} entries but "
+                         f"scores has {n}")
+    if np.unique(ids).shape[0] != n:
+        raise ValueError("dataset_indices holds duplicates: each entry must be a distinct sample")
+    return ids
+
+
 def _ranking(scores: np.ndarray, dataset_indices: np.ndarray, order: str,
              rng: np.random.Generator) -> np.ndarray:
     """Positions of the finite scores, best first; ties go to the lower dataset index."""
@@ -80,11 +91,7 @@ def select(scores: Any, labels: Any, *, fraction: float | None = None,
         raise ValueError(f"labels has {y.shape[0]} entries but scores has {s.shape[0]}")
     if order not in ORDERS:
         raise ValueError(f"order must be one of {', '.join(ORDERS)}; got {order!r}")
-    ids = np.arange(s.shape[0]) if dataset_indices is None else np.asarray(dataset_indices, np.int64)
-    if ids.shape != s.shape:
-        raise ValueError(f"dataset_indices has {ids.shape[0]} entries but scores has {s.shape[0]}")
-    if np.unique(ids).shape[0] != ids.shape[0]:
-        raise ValueError("dataset_indices holds duplicates: each entry must be a distinct sample")
+    ids = _dataset_indices(dataset_indices, s.shape[0])
     rng = np.random.default_rng(seed)
     if not class_balanced:
         if per_class is not None:
@@ -147,11 +154,7 @@ def ccs_select(scores: Any, labels: Any, *, fraction: float, hard: str = "top",
     if k < 1 or k != strata:
         raise ValueError(f"strata must be a positive integer; got {strata}")
     f = _check_fraction(fraction)
-    ids = np.arange(s.shape[0]) if dataset_indices is None else np.asarray(dataset_indices, np.int64)
-    if ids.shape != s.shape:
-        raise ValueError(f"dataset_indices has {ids.shape[0]} entries but scores has {s.shape[0]}")
-    if np.unique(ids).shape[0] != ids.shape[0]:
-        raise ValueError("dataset_indices holds duplicates: each entry must be a distinct sample")
+    ids = _dataset_indices(dataset_indices, s.shape[0])
     rng = np.random.default_rng(seed)
 
     def one_group(members: np.ndarray, budget: int) -> np.ndarray:
