@@ -40,6 +40,7 @@ from ._core import __version__
 from .baselines import (METHODS, canonical_method, default_el2n_epoch, make_final_scores,
                         recorders_for_training)
 from .data import DatasetBundle
+from . import distributed as ddist
 from .io import ScoresFile, load_scores, save_indices, write_json
 from .selection import ccs_select, class_quotas, select
 from .training import Recipe
@@ -196,7 +197,8 @@ def _proxy(bundle: DatasetBundle, out: Path, cfg: dict[str, Any], methods: list[
     info = {"config": cfg, "metrics": {k: v for k, v in metrics.items() if k != "history"},
             "history": metrics.get("history", []), "costs": costs,
             "num_train": n_train_split}
-    write_json(info_path, info)
+    if ddist.is_main():
+        write_json(info_path, info)
     return sf, info
 
 
@@ -320,7 +322,8 @@ def bench(data: Any = None, out: str | Path = "cldfast-bench", *,
         else:
             idx = select_for_method(sf, method, strategy, fraction, seed=recipe.seed + s,
                                     ccs_beta=ccs_beta, ccs_strata=ccs_strata)
-            save_indices(out / "indices" / f"{name}.npy", idx)
+            if ddist.is_main():
+                save_indices(out / "indices" / f"{name}.npy", idx)
         select_s = time.perf_counter() - t0
         log.info("bench: training %s on %s (%d samples)", arch, name, idx.size)
         m = train(bundle, out / "runs", arch=arch, recipe=r, indices=idx, name=name, resume=True,
@@ -329,7 +332,8 @@ def bench(data: Any = None, out: str | Path = "cldfast-bench", *,
                 "seed_index": s, "seed": r.seed, "samples": int(idx.size),
                 "test_accuracy": m["test_accuracy"], "train_seconds": m["seconds"],
                 "select_seconds": select_s, "config_digest": digest, "config": cell_cfg}
-        write_json(path, cell)
+        if ddist.is_main():
+            write_json(path, cell)
         ckpt = out / "runs" / "checkpoints" / f"{name}.pt"
         if ckpt.exists():  # the cell file now holds the result; the checkpoint only costs disk
             ckpt.unlink()
@@ -346,6 +350,8 @@ def bench(data: Any = None, out: str | Path = "cldfast-bench", *,
                 name = _cell_name(method, strategy, f, s)
                 cells[name] = run_cell(name, method, strategy, f, s)
 
+    if not ddist.is_main():  # rank 0 aggregates and writes the outputs
+        return BenchResult(out, "", {})
     results = _aggregate(cells, lines, fracs, seeds, full_seeds if full else 0)
     costs = {m: _method_cost(m, proxy_info, n) for m in methods_l}
     for m in costs:

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["init_from_env", "rank_world", "is_main", "barrier", "sum_across", "eval_shard",
-           "local_device"]
+           "gather_batch", "local_device"]
 
 
 def init_from_env(timeout_minutes: float = 30.0) -> bool:
@@ -55,6 +55,25 @@ def sum_across(values: list[float], device: torch.device | str = "cpu") -> list[
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def gather_batch(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Concatenate each tensor over all ranks (same shape on every rank: DistributedSampler
+    gives every rank equally many samples, so the i-th batches match). Float tensors travel
+    as float32."""
+    rank, world = rank_world()
+    if world == 1:
+        return tensors
+    out = []
+    for t in tensors:
+        t = t.float() if t.is_floating_point() else t
+        if dist.get_backend() == "nccl":
+            t = t.cuda()
+        t = t.contiguous()
+        buf = torch.empty((world * t.shape[0], *t.shape[1:]), dtype=t.dtype, device=t.device)
+        dist.all_gather_into_tensor(buf, t)
+        out.append(buf)
+    return tuple(out)
 
 
 def eval_shard(count: int) -> np.ndarray:

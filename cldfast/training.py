@@ -68,7 +68,8 @@ class Recipe:
     def resolved_milestones(self) -> list[int]:
         if self.milestones is not None:
             return sorted(int(m) for m in self.milestones)
-        return [round(self.epochs * 81 / 164), round(self.epochs * 121 / 164)]
+        # Never 0: MultiStepLR would decay the rate before the first epoch.
+        return [max(1, round(self.epochs * 81 / 164)), max(1, round(self.epochs * 121 / 164))]
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -417,8 +418,12 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Rec
                     losses = tracking.tracker.record(k, logits=out, targets=y)
                 else:
                     losses = F.cross_entropy(out.float(), y, reduction="none")
-                for rec in recorders:
-                    rec.on_batch(k, out.detach(), y, epoch)
+                if recorders:
+                    # Under torch.distributed every rank's recorders see every rank's batch, so
+                    # each holds the whole run's per-sample state (the scores rank 0 writes).
+                    seen_k, seen_out, seen_y = ddist.gather_batch(k, out.detach(), y)
+                    for rec in recorders:
+                        rec.on_batch(seen_k, seen_out, seen_y, epoch)
                 loss = losses.mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -96,3 +96,19 @@ def test_resume_with_another_world_size_is_refused(uninterrupted, tmp_path, caps
     rc = main([*TRACK[2:], "--out", str(uninterrupted), "--resume"])
     assert rc == 2
     assert "written by 2 processes; this run has 1" in capsys.readouterr().err
+
+
+def test_bench_under_torchrun_records_every_rank_batches(tmp_path):
+    out = tmp_path / "bench"
+    cmd = [*TORCHRUN, f"--master_port={free_port()}", "-m", "cldfast", "bench", "--dataset", "digits",
+           "--epochs", "1", "--proxy-epochs", "3", "--batch-size", "64", "--lr", "0.05",
+           "--methods", "cld,random,forgetting,aum", "--fractions", "0.3", "--seeds", "1",
+           "--no-full", "--device", "cpu", "--quiet", "--out", str(out)]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tempfile.gettempdir(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bench = json.loads((out / "bench.json").read_text())
+    assert {c["method"] for c in bench["cells"].values()} == {"cld", "random", "forgetting", "aum"}
+    sf = load_scores(out / "scores.npz")
+    # Rank 0's recorders saw the batches of both ranks: every training sample has an AUM.
+    assert np.isfinite(sf.extra["aum"]).all() and sf.extra["aum"].size == sf.scores.size
