@@ -40,6 +40,7 @@ def plot_accuracy_vs_fraction(path: str | Path, results: dict[str, dict[str, Any
     ax.set_xlabel("coreset size (% of each class)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_xticks(xs)
+    ax.margins(y=0.12)  # room for the value labels above and below the markers
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=10)
     ax.legend(loc="lower right", fontsize=9)
