@@ -518,7 +518,7 @@ def embed_and_grand(model: nn.Module, dataset, indices: np.ndarray, labels: np.n
 
     Returns ``(grand float64 [N], embeddings float32 [N, D] or None)``.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from .data import IndexedSubset, make_loader
 

@@ -32,7 +32,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the plain bar: tqdm.auto's asyncio variant opens an extra loader iterator
 
 from . import distributed as ddist
 from .data import DatasetBundle, IndexedSubset, make_loader
