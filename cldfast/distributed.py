@@ -48,11 +48,17 @@ def barrier() -> None:
         dist.barrier()
 
 
-def sum_across(values: list[float], device: torch.device | str = "cpu") -> list[float]:
+def _collective_device() -> torch.device:
+    """NCCL reduces CUDA tensors only; Gloo works on the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
+        else torch.device("cpu")
+
+
+def sum_across(values: list[float]) -> list[float]:
     """Element-wise sum of a few numbers over all ranks (float64)."""
     if rank_world()[1] == 1:
         return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=device)
+    t = torch.tensor(values, dtype=torch.float64, device=_collective_device())
     dist.all_reduce(t)
     return t.tolist()
 
@@ -67,9 +73,7 @@ def gather_batch(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     out = []
     for t in tensors:
         t = t.float() if t.is_floating_point() else t
-        if dist.get_backend() == "nccl":
-            t = t.cuda()
-        t = t.contiguous()
+        t = t.to(_collective_device()).contiguous()
         buf = torch.empty((world * t.shape[0], *t.shape[1:]), dtype=t.dtype, device=t.device)
         dist.all_gather_into_tensor(buf, t)
         out.append(buf)

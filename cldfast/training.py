@@ -191,16 +191,10 @@ def _shared_predict(model, dataset, indices: np.ndarray, recipe: Recipe, device:
     return positions, losses, correct
 
 
-def _mean_across(losses: torch.Tensor, correct: torch.Tensor, device: torch.device) -> tuple[float, float]:
+def _mean_across(losses: torch.Tensor, correct: torch.Tensor) -> tuple[float, float]:
     total, right, count = ddist.sum_across(
-        [float(losses.double().sum()), float(correct.sum()), float(losses.numel())],
-        device if dist_backend_needs_device(device) else "cpu")
+        [float(losses.double().sum()), float(correct.sum()), float(losses.numel())])
     return total / max(count, 1), right / max(count, 1)
-
-
-def dist_backend_needs_device(device: torch.device) -> bool:
-    """NCCL reduces CUDA tensors only."""
-    return device.type == "cuda" and ddist.rank_world()[1] > 1
 
 
 class _Checkpoints:
@@ -265,10 +259,9 @@ class _SigtermWatch:
     batches and at the end of an epoch), so that all of them stop after the same batch.
     """
 
-    def __init__(self, device: torch.device, every: int = 20) -> None:
+    def __init__(self, every: int = 20) -> None:
         self.requested = False
         self.every = every
-        self.device = device if dist_backend_needs_device(device) else torch.device("cpu")
         self._previous = None
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
@@ -287,7 +280,7 @@ class _SigtermWatch:
             return self.requested
         if batch is not None and (batch + 1) % self.every:
             return False
-        return ddist.sum_across([float(self.requested)], self.device)[0] > 0
+        return ddist.sum_across([float(self.requested)])[0] > 0
 
 
 def _peak_rss_mb() -> float:
@@ -364,7 +357,7 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Rec
 
     train_set = IndexedSubset(bundle.train, train_indices)
     tracked = set(tracking.epochs) if tracking is not None else set()
-    watch = _SigtermWatch(device)
+    watch = _SigtermWatch()
 
     def snapshot(epoch_done: int, batches_done: int, partial: list[float] | None) -> dict[str, Any]:
         return {
@@ -444,9 +437,7 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Rec
             sched.step()
             for rec in recorders:
                 rec.on_epoch_end(epoch)
-            tot_loss, tot_correct, seen = ddist.sum_across(
-                [tot_loss, float(tot_correct), float(seen)],
-                device if dist_backend_needs_device(device) else "cpu")
+            tot_loss, tot_correct, seen = ddist.sum_across([tot_loss, float(tot_correct), float(seen)])
             entry = {"epoch": epoch + 1, "train_loss": tot_loss / max(seen, 1),
                      "train_acc": tot_correct / max(seen, 1), "lr": opt.param_groups[0]["lr"]}
             train_seconds = time.perf_counter() - t0
@@ -464,7 +455,7 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Rec
                                                              "validation", progress)
                 tr.record_validation(vloss, torch.from_numpy(positions))
                 tr.end_epoch()
-                val_loss, val_acc = _mean_across(vloss, vcorrect, device)
+                val_loss, val_acc = _mean_across(vloss, vcorrect)
                 entry.update(val_loss=val_loss, val_acc=val_acc)
                 result.tracking_seconds += time.perf_counter() - t1
             result.seconds += time.perf_counter() - t0
@@ -482,7 +473,7 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Rec
     if evaluate_test:
         _, losses, correct = _shared_predict(model, bundle.test, np.arange(len(bundle.test_targets)),
                                              recipe, device, "test", progress)
-        result.test_accuracy = _mean_across(losses, correct, device)[1]
+        result.test_accuracy = _mean_across(losses, correct)[1]
         log.info("%s: test accuracy %.2f %%", desc, 100 * result.test_accuracy)
     result.peak_rss_mb = _peak_rss_mb()
     if device.type == "cuda":
