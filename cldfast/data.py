@@ -268,6 +268,28 @@ class InMemoryImageDataset(Dataset):
         x = (x - self.mean) / self.std
         return x, int(self.targets[index])
 
+    @property
+    def augmented(self) -> bool:
+        """Whether items are randomly transformed (then :meth:`batch` is refused)."""
+        return self.flip or self.crop_padding > 0
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Items ``indices`` at once, without per-item Python: what stacking
+        ``self[i]`` for every ``i`` gives, element for element (the same float32 operations).
+
+        Args:
+            indices: int64 [B] dataset indices (CPU).
+        Returns:
+            (x float32 [B, C, H, W], y int64 [B]).
+        Only for datasets without augmentation (the eval-mode views such as ``train_eval``).
+        """
+        if self.augmented:
+            raise ValueError("batch() serves un-augmented views only (flip=False, crop_padding=0); "
+                             "use the dataset's train_eval / test view, or index items one by one")
+        x = self.images[indices].to(torch.float32).div_(self.max_value)
+        x = (x - self.mean) / self.std
+        return x, self.targets[indices]
+
     def with_augmentation(self, *, flip: bool, crop_padding: int) -> "InMemoryImageDataset":
         """A view sharing this dataset's image tensor, with different augmentation."""
         view = copy.copy(self)
