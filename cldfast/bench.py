@@ -238,7 +238,7 @@ def bench(data: Any = None, out: str | Path = "cldfast-bench", *,
           seeds: int = 3, strategies: str | Sequence[str] = ("balanced",),
           proxy_arch: str = "small-cnn", arch: str | None = None,
           proxy_recipe: Recipe | None = None, recipe: Recipe | None = None,
-          val_fraction: float = 0.1, loss_source: str = "train", track_epochs: int | None = None,
+          val_fraction: float = 0.1, loss_source: str = "eval", track_epochs: int | None = None,
           track_every: int = 1, per_class: bool = True, precision: str = "float64",
           el2n_epoch: int | None = None, ccs_beta: float = 0.1, ccs_strata: int = 50,
           full: bool = True, full_seeds: int | None = None, progress: bool = True) -> BenchResult:

@@ -56,7 +56,7 @@ def tracked_epochs(epochs: int, track_epochs: int | None, track_every: int) -> l
 
 
 def track(data: DataSpec | DatasetBundle, out: str | Path, *, arch: str = "small-cnn",
-          recipe: Recipe | None = None, val_fraction: float = 0.1, loss_source: str = "train",
+          recipe: Recipe | None = None, val_fraction: float = 0.1, loss_source: str = "eval",
           track_epochs: int | None = None, track_every: int = 1, per_class: bool = True,
           precision: str = "float64", resume: bool = False, progress: bool = True,
           recorders: Sequence[BatchRecorder] = (),
@@ -183,7 +183,7 @@ def run(data: DataSpec | None = None, out: str | Path = "cldfast-out", *,
         proxy_arch: str = "small-cnn", arch: str | None = None, proxy_recipe: Recipe | None = None,
         recipe: Recipe | None = None, fractions: Sequence[float] = (0.1, 0.2, 0.3),
         compare_fraction: float | None = None, val_fraction: float = 0.1,
-        loss_source: str = "train", track_epochs: int | None = None, track_every: int = 1,
+        loss_source: str = "eval", track_epochs: int | None = None, track_every: int = 1,
         per_class: bool = True, resume: bool = False, progress: bool = True) -> RunResult:
     """The whole pipeline: track a proxy, select CLD and random coresets at ``fractions``
     and top / near-zero / most-negative CLD subsets at ``compare_fraction`` (default: the
