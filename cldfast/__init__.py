@@ -34,14 +34,23 @@ def build_info() -> dict[str, Any]:
     """What this installation of cldfast was compiled with.
 
     Keys: ``version``; ``cuda`` (bool: CUDA kernels compiled); ``cuda_architectures`` (list
-    of compute capabilities, empty without CUDA); ``openmp`` (bool); ``cpu_threads`` (threads
-    the CPU kernels use).
+    of compute capabilities, empty without CUDA); ``cuda_runtime`` (the CUDA runtime the
+    kernels were built with, e.g. "13.0"); ``cuda_driver`` (the CUDA version of the driver
+    found, None without one); ``cuda_compatible`` (whether the kernels can run on that driver);
+    ``torch_cuda`` (the CUDA version torch was built for); ``openmp`` (bool); ``cpu_threads``
+    (threads the CPU kernels use).
     """
+    import torch
+
+    from ._ops import cuda_versions
+
     archs = [a for a in str(_core.cuda_architectures).split(",") if a]
     return {
         "version": __version__,
         "cuda": bool(_core.with_cuda),
         "cuda_architectures": archs,
+        **cuda_versions(),
+        "torch_cuda": torch.version.cuda,
         "openmp": bool(_core.with_openmp),
         "cpu_threads": int(_core.cpu_num_threads()),
     }

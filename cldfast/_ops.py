@@ -8,6 +8,8 @@ loss output of :func:`record_ce`.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from . import _core
@@ -30,6 +32,56 @@ def cuda_compiled() -> bool:
     return bool(_core.with_cuda)
 
 
+def _version_str(v: int) -> str:
+    return f"{v // 1000}.{(v % 1000) // 10}"
+
+
+def cuda_compatibility(runtime: int, driver: int) -> tuple[bool, str]:
+    """Whether kernels built with CUDA runtime ``runtime`` (e.g. 13000) can run on a driver
+    that supports CUDA ``driver`` (e.g. 12040; 0 = no driver). CUDA guarantees minor-version
+    compatibility: a runtime runs on any driver of the same major version or newer. Returns
+    (compatible, a sentence for users)."""
+    if driver <= 0:
+        return False, (f"cldfast's CUDA kernels were built with CUDA {_version_str(runtime)}; "
+                       "no NVIDIA driver was found")
+    if driver // 1000 >= runtime // 1000:
+        return True, (f"cldfast's CUDA kernels (CUDA {_version_str(runtime)}) run on this driver "
+                      f"(CUDA {_version_str(driver)})")
+    return False, (
+        f"cldfast's CUDA kernels were built with CUDA {_version_str(runtime)}, but the installed "
+        f"NVIDIA driver supports only CUDA {_version_str(driver)} (torch was built for CUDA "
+        f"{torch.version.cuda}). Rebuild cldfast with a CUDA toolkit of at most the driver's "
+        f"major version, ideally torch's (pip install --no-build-isolation -C "
+        f"cmake.define.CMAKE_CUDA_COMPILER=/path/to/cuda-{torch.version.cuda}/bin/nvcc .), or "
+        "upgrade the driver")
+
+
+def cuda_versions() -> dict:
+    """The CUDA runtime the kernels were built with, the driver found, and whether they are
+    compatible (all None in a build without CUDA kernels)."""
+    if not cuda_compiled():
+        return {"cuda_runtime": None, "cuda_driver": None, "cuda_compatible": None}
+    runtime, driver = int(_core.cuda_runtime_version()), int(_core.cuda_driver_version())
+    ok, _ = cuda_compatibility(runtime, driver)
+    return {"cuda_runtime": _version_str(runtime),
+            "cuda_driver": _version_str(driver) if driver > 0 else None,
+            "cuda_compatible": ok}
+
+
+def _check_driver_at_import() -> tuple[bool, str] | None:
+    if not cuda_compiled():
+        return None
+    runtime, driver = int(_core.cuda_runtime_version()), int(_core.cuda_driver_version())
+    verdict = cuda_compatibility(runtime, driver)
+    if driver > 0 and not verdict[0]:
+        warnings.warn(verdict[1] + "; CUDA trackers will refuse to start (CPU trackers work)",
+                      RuntimeWarning, stacklevel=3)
+    return verdict
+
+
+_DRIVER = _check_driver_at_import()
+
+
 def _require_cuda_build(device: torch.device) -> None:
     if not cuda_compiled():
         raise RuntimeError(
@@ -37,10 +89,14 @@ def _require_cuda_build(device: torch.device) -> None:
             "Reinstall on a machine with nvcc (pip install -C cmake.define.CLDFAST_CUDA=ON .) "
             "or use device='cpu'."
         )
+    if _DRIVER is not None and not _DRIVER[0] and torch.cuda.is_available():
+        raise RuntimeError(_DRIVER[1])
 
 
-def _stream(device: torch.device) -> int:
-    return torch.cuda.current_stream(device).cuda_stream
+def _stream(device: torch.device) -> tuple[int, int]:
+    """(device index, raw stream) for a launch: the kernels make the device current."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return index, torch.cuda.current_stream(index).cuda_stream
 
 
 def _is_cuda(t: torch.Tensor) -> bool:
@@ -59,30 +115,58 @@ def record(index: torch.Tensor, loss: torch.Tensor, epoch: torch.Tensor, num_sam
             epoch.shape[2], int(num_samples), flags.data_ptr())
     if _is_cuda(epoch):
         _require_cuda_build(epoch.device)
-        _core.cuda_record(*args, _stream(epoch.device))
+        _core.cuda_record(*args, *_stream(epoch.device))
     else:
         _core.cpu_record(*args)
 
 
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The kernels' arithmetic type for logits of ``dtype`` (common.h, Compute<T>)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def record_ce(index: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, epoch: torch.Tensor,
-              num_samples: int, flags: torch.Tensor) -> torch.Tensor:
+              num_samples: int, flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample cross-entropy of ``logits`` [B, C] against ``target`` [B], recorded in place.
 
-    Returns the losses as a new float32 tensor [B] (no autograd; see CLDTracker.record).
-    ``logits`` must have unit stride along classes; rows may be strided.
+    Returns (losses, lse): the losses as a new float32 tensor [B] (no autograd; see
+    CLDTracker.record) and each row's log-sum-exp [B] (float64 for float64 logits, float32
+    otherwise) for :func:`ce_backward`. ``logits`` must have unit stride along classes; rows
+    may be strided. Rows whose target is outside [0, C) get a NaN loss and are flagged.
     """
     batch, classes = logits.shape
     out = torch.empty(batch, dtype=torch.float32, device=logits.device)
+    lse = torch.empty(batch, dtype=_compute_dtype(logits.dtype), device=logits.device)
     args = (index.data_ptr(), INDEX_CODES[index.dtype], index.stride(0), logits.data_ptr(),
             FLOAT_CODES[logits.dtype], logits.stride(0), target.data_ptr(),
             INDEX_CODES[target.dtype], target.stride(0), batch, classes, out.data_ptr(),
-            epoch.data_ptr(), epoch.shape[2], int(num_samples), flags.data_ptr())
+            lse.data_ptr(), epoch.data_ptr(), epoch.shape[2], int(num_samples), flags.data_ptr())
     if _is_cuda(epoch):
         _require_cuda_build(epoch.device)
-        _core.cuda_record_ce(*args, _stream(epoch.device))
+        _core.cuda_record_ce(*args, *_stream(epoch.device))
     else:
         _core.cpu_record_ce(*args)
-    return out
+    return out, lse
+
+
+def ce_backward(logits: torch.Tensor, target: torch.Tensor, lse: torch.Tensor,
+                grad_loss: torch.Tensor) -> torch.Tensor:
+    """Gradient of the per-sample cross-entropy w.r.t. ``logits``: (softmax - onehot) scaled
+    by ``grad_loss`` [B] (float32, any stride incl. 0), in one kernel. Rows whose target is
+    outside [0, C) get a zero gradient. Returns a new contiguous [B, C] tensor in the kernels'
+    arithmetic type (float64 for float64 logits, float32 otherwise)."""
+    batch, classes = logits.shape
+    grad = torch.empty(batch, classes, dtype=_compute_dtype(logits.dtype), device=logits.device)
+    if grad_loss.dtype != torch.float32:
+        grad_loss = grad_loss.float()
+    args = (logits.data_ptr(), FLOAT_CODES[logits.dtype], logits.stride(0), target.data_ptr(),
+            INDEX_CODES[target.dtype], target.stride(0), lse.data_ptr(), grad_loss.data_ptr(),
+            grad_loss.stride(0), batch, classes, grad.data_ptr())
+    if _is_cuda(logits):
+        _core.cuda_ce_backward(*args, *_stream(logits.device))
+    else:
+        _core.cpu_ce_backward(*args)
+    return grad
 
 
 def end_epoch(labels: torch.Tensor, val_history: torch.Tensor, history_base: int,
@@ -106,7 +190,7 @@ def end_epoch(labels: torch.Tensor, val_history: torch.Tensor, history_base: int
             ACC_CODES[acc.dtype], flags.data_ptr())
     if _is_cuda(acc):
         _require_cuda_build(acc.device)
-        _core.cuda_end_epoch(*args, _stream(acc.device))
+        _core.cuda_end_epoch(*args, *_stream(acc.device))
     else:
         _core.cpu_end_epoch(*args)
 
@@ -121,7 +205,7 @@ def scores(i32_state: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
     args = (n, i32_state.data_ptr(), acc.data_ptr(), ACC_CODES[acc.dtype], out.data_ptr())
     if _is_cuda(acc):
         _require_cuda_build(acc.device)
-        _core.cuda_scores(*args, _stream(acc.device))
+        _core.cuda_scores(*args, *_stream(acc.device))
     else:
         _core.cpu_scores(*args)
     return out

@@ -93,22 +93,22 @@ def _labels_digest(labels: torch.Tensor) -> str:
 
 
 class _FusedCrossEntropy(torch.autograd.Function):
-    """Per-sample cross-entropy computed and recorded by one kernel; backward = softmax - onehot."""
+    """Per-sample cross-entropy computed and recorded by one kernel; the backward is one more
+    kernel, (softmax - onehot) * grad, from the rows' log-sum-exp saved by the forward. Rows
+    with an out-of-range target (flagged for end_epoch) get a zero gradient: nothing indexes
+    with them, so a bad target can neither fault the device nor bend another row's gradient."""
 
     @staticmethod
     def forward(ctx, logits, targets, index, tracker):  # noqa: D401 - autograd signature
-        out = _ops.record_ce(index, logits, targets, tracker._epoch, tracker.num_samples,
-                             tracker._flags)
-        ctx.save_for_backward(logits, targets)
+        out, lse = _ops.record_ce(index, logits, targets, tracker._epoch, tracker.num_samples,
+                                  tracker._flags)
+        ctx.save_for_backward(logits, targets, lse)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        logits, targets = ctx.saved_tensors
-        grad = torch.softmax(logits.float(), dim=1)
-        rows = torch.arange(grad.shape[0], device=grad.device)
-        grad[rows, targets.long()] -= 1.0
-        grad.mul_(grad_out.to(grad.dtype).unsqueeze(1))
+        logits, targets, lse = ctx.saved_tensors
+        grad = _ops.ce_backward(logits, targets, lse, grad_out)
         return grad.to(logits.dtype), None, None, None
 
 
@@ -538,7 +538,7 @@ class CLDTracker:
         validation state and the host copy of the validation trajectory)."""
         tensors = [self._labels, self._val_labels, self._val_has_class, self._epoch, self._last,
                    self._i32, self._acc, self._flags, self._val_sum, self._val_count,
-                   self._val_history, *self._val_trajectory]
+                   self._val_history, *self._val_trajectory, *self._staging.values()]
         if self._shard is not None:
             tensors.append(self._shard)
         return int(sum(t.numel() * t.element_size() for t in tensors))

@@ -30,13 +30,23 @@ RecordCEArgs make_record_ce(uintptr_t index, int index_dtype, int64_t index_stri
                             uintptr_t logits, int logits_dtype, int64_t logits_stride,
                             uintptr_t target, int target_dtype, int64_t target_stride,
                             int64_t batch, int64_t num_classes, uintptr_t loss_out,
-                            uintptr_t epoch, int64_t chunk, int64_t num_samples,
-                            uintptr_t flags) {
+                            uintptr_t lse_out, uintptr_t epoch, int64_t chunk,
+                            int64_t num_samples, uintptr_t flags) {
   return RecordCEArgs{ptr<const void>(index), index_dtype, index_stride,
                       ptr<const void>(logits), logits_dtype, logits_stride,
                       ptr<const void>(target), target_dtype, target_stride,
-                      batch, num_classes, ptr<float>(loss_out),
+                      batch, num_classes, ptr<float>(loss_out), ptr<void>(lse_out),
                       ptr<float>(epoch), chunk, num_samples, ptr<int64_t>(flags)};
+}
+
+CEBackwardArgs make_ce_backward(uintptr_t logits, int logits_dtype, int64_t logits_stride,
+                                uintptr_t target, int target_dtype, int64_t target_stride,
+                                uintptr_t lse, uintptr_t grad_loss, int64_t grad_loss_stride,
+                                int64_t batch, int64_t num_classes, uintptr_t grad) {
+  return CEBackwardArgs{ptr<const void>(logits), logits_dtype, logits_stride,
+                        ptr<const void>(target), target_dtype, target_stride,
+                        ptr<const void>(lse), ptr<const float>(grad_loss), grad_loss_stride,
+                        batch, num_classes, ptr<void>(grad)};
 }
 
 EndEpochArgs make_end_epoch(int64_t num_samples, uintptr_t labels, int labels_dtype,
@@ -86,11 +96,20 @@ PYBIND11_MODULE(_core, m) {
                             uintptr_t logits, int logits_dtype, int64_t logits_stride,
                             uintptr_t target, int target_dtype, int64_t target_stride,
                             int64_t batch, int64_t num_classes, uintptr_t loss_out,
-                            uintptr_t epoch, int64_t chunk, int64_t num_samples,
-                            uintptr_t flags) {
+                            uintptr_t lse_out, uintptr_t epoch, int64_t chunk,
+                            int64_t num_samples, uintptr_t flags) {
     cpu::record_ce(make_record_ce(index, index_dtype, index_stride, logits, logits_dtype,
                                   logits_stride, target, target_dtype, target_stride, batch,
-                                  num_classes, loss_out, epoch, chunk, num_samples, flags));
+                                  num_classes, loss_out, lse_out, epoch, chunk, num_samples,
+                                  flags));
+  }, release);
+  m.def("cpu_ce_backward", [](uintptr_t logits, int logits_dtype, int64_t logits_stride,
+                              uintptr_t target, int target_dtype, int64_t target_stride,
+                              uintptr_t lse, uintptr_t grad_loss, int64_t grad_loss_stride,
+                              int64_t batch, int64_t num_classes, uintptr_t grad) {
+    cpu::ce_backward(make_ce_backward(logits, logits_dtype, logits_stride, target, target_dtype,
+                                      target_stride, lse, grad_loss, grad_loss_stride, batch,
+                                      num_classes, grad));
   }, release);
   m.def("cpu_end_epoch", [](int64_t num_samples, uintptr_t labels, int labels_dtype,
                             uintptr_t val_history, int64_t val_stride, int32_t history_base,
@@ -106,36 +125,49 @@ PYBIND11_MODULE(_core, m) {
   }, release);
 
 #ifdef CLDFAST_WITH_CUDA
+  m.def("cuda_runtime_version", &cuda::runtime_version,
+        "CUDA runtime version the kernels were built with (e.g. 13000 for 13.0)");
+  m.def("cuda_driver_version", &cuda::driver_version,
+        "CUDA version of the installed driver (e.g. 12040), 0 when there is no driver");
   m.def("cuda_record", [](uintptr_t index, int index_dtype, int64_t index_stride, uintptr_t loss,
                           int loss_dtype, int64_t loss_stride, int64_t batch, uintptr_t epoch,
-                          int64_t chunk, int64_t num_samples, uintptr_t flags,
+                          int64_t chunk, int64_t num_samples, uintptr_t flags, int device,
                           uintptr_t stream) {
     cuda::record(make_record(index, index_dtype, index_stride, loss, loss_dtype, loss_stride,
-                             batch, epoch, chunk, num_samples, flags), stream);
+                             batch, epoch, chunk, num_samples, flags), device, stream);
   }, release);
   m.def("cuda_record_ce", [](uintptr_t index, int index_dtype, int64_t index_stride,
                              uintptr_t logits, int logits_dtype, int64_t logits_stride,
                              uintptr_t target, int target_dtype, int64_t target_stride,
                              int64_t batch, int64_t num_classes, uintptr_t loss_out,
-                             uintptr_t epoch, int64_t chunk, int64_t num_samples,
-                             uintptr_t flags, uintptr_t stream) {
+                             uintptr_t lse_out, uintptr_t epoch, int64_t chunk,
+                             int64_t num_samples, uintptr_t flags, int device, uintptr_t stream) {
     cuda::record_ce(make_record_ce(index, index_dtype, index_stride, logits, logits_dtype,
                                    logits_stride, target, target_dtype, target_stride, batch,
-                                   num_classes, loss_out, epoch, chunk, num_samples,
-                                   flags), stream);
+                                   num_classes, loss_out, lse_out, epoch, chunk, num_samples,
+                                   flags), device, stream);
+  }, release);
+  m.def("cuda_ce_backward", [](uintptr_t logits, int logits_dtype, int64_t logits_stride,
+                               uintptr_t target, int target_dtype, int64_t target_stride,
+                               uintptr_t lse, uintptr_t grad_loss, int64_t grad_loss_stride,
+                               int64_t batch, int64_t num_classes, uintptr_t grad, int device,
+                               uintptr_t stream) {
+    cuda::ce_backward(make_ce_backward(logits, logits_dtype, logits_stride, target, target_dtype,
+                                       target_stride, lse, grad_loss, grad_loss_stride, batch,
+                                       num_classes, grad), device, stream);
   }, release);
   m.def("cuda_end_epoch", [](int64_t num_samples, uintptr_t labels, int labels_dtype,
                              uintptr_t val_history, int64_t val_stride, int32_t history_base,
                              int32_t checkpoint, uintptr_t epoch, int64_t chunk, uintptr_t last,
                              uintptr_t i32_state, uintptr_t acc, int acc_dtype, uintptr_t flags,
-                             uintptr_t stream) {
+                             int device, uintptr_t stream) {
     cuda::end_epoch(make_end_epoch(num_samples, labels, labels_dtype, val_history, val_stride,
                                    history_base, checkpoint, epoch, chunk, last, i32_state, acc,
-                                   acc_dtype, flags), stream);
+                                   acc_dtype, flags), device, stream);
   }, release);
   m.def("cuda_scores", [](int64_t num_samples, uintptr_t i32_state, uintptr_t acc,
-                          int acc_dtype, uintptr_t out, uintptr_t stream) {
-    cuda::scores(make_scores(num_samples, i32_state, acc, acc_dtype, out), stream);
+                          int acc_dtype, uintptr_t out, int device, uintptr_t stream) {
+    cuda::scores(make_scores(num_samples, i32_state, acc, acc_dtype, out), device, stream);
   }, release);
 #endif
 }

@@ -1,6 +1,8 @@
-// CPU kernels of the streaming CLD tracker. record() is one serial pass over the batch (a
-// batch is small and may repeat indices, so a scatter without atomics is the fast choice);
-// end_epoch() and scores() are O(N) and parallel over samples with OpenMP.
+// CPU kernels of the streaming CLD tracker: loops only. The per-element math is in
+// cldfast/common.h, shared with the CUDA kernels. record() is one serial pass over the batch
+// (a batch is small and may repeat indices, so a scatter without atomics is the fast and
+// deterministic choice); the cross-entropy rows, end_epoch() and scores() run in parallel
+// with OpenMP.
 #include <climits>
 #include <cmath>
 #include <stdexcept>
@@ -17,83 +19,85 @@ namespace cldfast {
 namespace cpu {
 namespace {
 
-inline int64_t load_index(const void* p, int dtype, int64_t i) {
-  return dtype == kInt64 ? static_cast<const int64_t*>(p)[i]
-                         : static_cast<int64_t>(static_cast<const int32_t*>(p)[i]);
-}
+// Shared counters are bumped by one thread at a time on the CPU.
+struct SerialOps {
+  static int64_t increment(int64_t* p) { return (*p)++; }
+  static void add(float* p, float v) { *p += v; }
+};
 
-inline int64_t load_label(const void* p, int dtype, int64_t i) {
-  return dtype == kInt16 ? static_cast<int64_t>(static_cast<const int16_t*>(p)[i])
-                         : static_cast<int64_t>(static_cast<const int32_t*>(p)[i]);
-}
+// Enough work per call to pay for waking the OpenMP team.
+constexpr int64_t kParallelWork = 65536;
 
-inline double load_float(const void* p, int dtype, int64_t i) {
-  switch (dtype) {
-    case kFloat32: return static_cast<const float*>(p)[i];
-    case kFloat64: return static_cast<const double*>(p)[i];
-    case kFloat16: return half_bits_to_float(static_cast<const uint16_t*>(p)[i]);
-    case kBFloat16: return bf16_bits_to_float(static_cast<const uint16_t*>(p)[i]);
-    default: throw std::invalid_argument("cldfast: unsupported float dtype code " + std::to_string(dtype));
+template <typename T, typename I>
+void record_impl(const RecordArgs& a) {
+  for (int64_t b = 0; b < a.batch; ++b) {
+    fold_observation<SerialOps>(a.epoch, a.chunk, a.num_samples, a.flags,
+                                load_int<I>(a.index, b * a.index_stride),
+                                load<T>(a.loss, b * a.loss_stride));
   }
 }
 
-inline void flag_bad(int64_t* flags, int count_slot, int first_slot, int64_t value) {
-  if (flags[count_slot]++ == 0) flags[first_slot] = value;
-}
-
-// Adds one observation to the open epoch; shared by record() and record_ce().
-inline void fold_observation(float* epoch, int64_t chunk, int64_t n, int64_t* flags,
-                             int64_t idx, double loss) {
-  if (idx < 0 || idx >= n) {
-    flag_bad(flags, kBadIndexCount, kFirstBadIndex, idx);
-  } else if (!is_finite(loss)) {
-    flags[kNonFinite]++;
-  } else {
-    const int64_t at = epoch_sum_offset(idx, chunk);
-    epoch[at] += static_cast<float>(loss);
-    epoch[at + chunk] += 1.0f;
+template <typename T, typename I, typename Tgt>
+void record_ce_impl(const RecordCEArgs& a) {
+  using Acc = typename Compute<T>::type;
+  const int64_t classes = a.num_classes;
+  Acc* lse_out = static_cast<Acc*>(a.lse_out);
+  // Rows are independent; compute them in parallel, then fold serially because a batch may
+  // hold the same index twice.
+#pragma omp parallel for schedule(static) if (a.batch * classes > kParallelWork)
+  for (int64_t b = 0; b < a.batch; ++b) {
+    const int64_t row = b * a.logits_stride;
+    CEMax<Acc> mx = ce_max_init<Acc>();
+    for (int64_t j = 0; j < classes; ++j) ce_max_step(mx, load<T>(a.logits, row + j));
+    CESum<Acc> sm = ce_sum_init<Acc>();
+    for (int64_t j = 0; j < classes; ++j) ce_sum_step(sm, load<T>(a.logits, row + j), mx.m);
+    const int64_t t = load_int<Tgt>(a.target, b * a.target_stride);
+    lse_out[b] = ce_lse(mx, sm);
+    a.loss_out[b] = (t < 0 || t >= classes) ? NAN
+                                            : static_cast<float>(ce_loss(mx, sm, load<T>(a.logits, row + t)));
+  }
+  for (int64_t b = 0; b < a.batch; ++b) {
+    const int64_t t = load_int<Tgt>(a.target, b * a.target_stride);
+    if (t < 0 || t >= classes) {
+      flag_bad<SerialOps>(a.flags, kBadTargetCount, kFirstBadTarget, t);
+      continue;
+    }
+    fold_observation<SerialOps>(a.epoch, a.chunk, a.num_samples, a.flags,
+                                load_int<I>(a.index, b * a.index_stride), a.loss_out[b]);
   }
 }
 
-template <typename Acc>
+template <typename T, typename Tgt>
+void ce_backward_impl(const CEBackwardArgs& a) {
+  using Acc = typename Compute<T>::type;
+  const int64_t classes = a.num_classes;
+  const Acc* lse = static_cast<const Acc*>(a.lse);
+  Acc* grad = static_cast<Acc*>(a.grad);
+#pragma omp parallel for schedule(static) if (a.batch * classes > kParallelWork)
+  for (int64_t b = 0; b < a.batch; ++b) {
+    const int64_t t = load_int<Tgt>(a.target, b * a.target_stride);
+    Acc* out = grad + b * classes;
+    if (t < 0 || t >= classes) {
+      for (int64_t j = 0; j < classes; ++j) out[j] = Acc(0);
+      continue;
+    }
+    const int64_t row = b * a.logits_stride;
+    const Acc g = static_cast<Acc>(a.grad_loss[b * a.grad_loss_stride]);
+    const Acc l = lse[b];
+    for (int64_t j = 0; j < classes; ++j) out[j] = ce_grad(load<T>(a.logits, row + j), l, j == t, g);
+  }
+}
+
+template <typename Acc, typename L>
 void end_epoch_impl(const EndEpochArgs& a) {
   const int64_t n = a.num_samples;
-  const float* esum = a.epoch;
-  const float* ecount = a.epoch + a.chunk;
-  float* last = a.last;
-  int32_t* tlast = a.i32_state + kLastCheckpoint * n;
-  int32_t* ndiff = a.i32_state + kNumDiffs * n;
-  Acc* acc = static_cast<Acc*>(a.acc);
-  Acc* mx = acc + kMeanX * n;
-  Acc* my = acc + kMeanY * n;
-  Acc* m2x = acc + kM2X * n;
-  Acc* m2y = acc + kM2Y * n;
-  Acc* cxy = acc + kCXY * n;
-  const double* vnow = a.val_history + static_cast<int64_t>(a.checkpoint - a.history_base) * a.val_stride;
+  const EpochState<Acc> s{a.epoch, a.epoch + a.chunk, a.last, a.i32_state + kLastCheckpoint * n,
+                          a.i32_state + kNumDiffs * n, static_cast<Acc*>(a.acc), n,
+                          a.val_history, a.val_stride, a.history_base, a.checkpoint};
   int64_t observed = 0;
   int32_t oldest = INT32_MAX;
 #pragma omp parallel for schedule(static) reduction(+ : observed) reduction(min : oldest)
-  for (int64_t i = 0; i < n; ++i) {
-    const float c = ecount[i];
-    if (c == 0.0f) {
-      if (tlast[i] >= 0 && tlast[i] < oldest) oldest = tlast[i];
-      continue;
-    }
-    const float mean = esum[i] / c;
-    const int32_t t0 = tlast[i];
-    if (t0 >= 0) {
-      const int64_t col = load_label(a.labels, a.labels_dtype, i);
-      const Acc dx = static_cast<Acc>(mean) - static_cast<Acc>(last[i]);
-      const Acc dy = static_cast<Acc>(vnow[col] - a.val_history[static_cast<int64_t>(t0 - a.history_base) * a.val_stride + col]);
-      const int32_t k = ndiff[i] + 1;
-      welford_pair<Acc>(dx, dy, k, mx[i], my[i], m2x[i], m2y[i], cxy[i]);
-      ndiff[i] = k;
-    }
-    last[i] = mean;
-    tlast[i] = a.checkpoint;
-    ++observed;
-    if (a.checkpoint < oldest) oldest = a.checkpoint;
-  }
+  for (int64_t i = 0; i < n; ++i) end_epoch_element<Acc, L>(s, a.labels, i, observed, oldest);
   a.flags[kObserved] = observed;
   a.flags[kMinLastCheckpoint] = oldest;
 }
@@ -105,66 +109,45 @@ void scores_impl(const ScoresArgs& a) {
   const Acc* acc = static_cast<const Acc*>(a.acc);
   Acc* out = static_cast<Acc*>(a.out);
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
-    out[i] = pearson_from_moments<Acc>(ndiff[i], acc[kM2X * n + i], acc[kM2Y * n + i],
-                                       acc[kCXY * n + i]);
-  }
+  for (int64_t i = 0; i < n; ++i) out[i] = scores_element<Acc>(ndiff, acc, n, i);
 }
 
 }  // namespace
 
 void record(const RecordArgs& a) {
-  const int64_t n = a.num_samples;
-  for (int64_t b = 0; b < a.batch; ++b) {
-    fold_observation(a.epoch, a.chunk, n, a.flags, load_index(a.index, a.index_dtype, b * a.index_stride),
-                     load_float(a.loss, a.loss_dtype, b * a.loss_stride));
-  }
+  dispatch_float(a.loss_dtype, "loss", [&](auto t) {
+    dispatch_index(a.index_dtype, "index", [&](auto i) {
+      record_impl<decltype(t), decltype(i)>(a);
+    });
+  });
 }
 
 void record_ce(const RecordCEArgs& a) {
-  const int64_t n = a.num_samples;
-  const int64_t classes = a.num_classes;
-  // Cross-entropy rows are independent; compute them in parallel, then fold serially
-  // because a batch may hold the same index twice.
-#pragma omp parallel for schedule(static) if (a.batch * classes > 65536)
-  for (int64_t b = 0; b < a.batch; ++b) {
-    const int64_t row = b * a.logits_stride;
-    const int64_t t = load_index(a.target, a.target_dtype, b * a.target_stride);
-    if (t < 0 || t >= classes) {
-      a.loss_out[b] = NAN;
-      continue;
-    }
-    double mx = -INFINITY;
-    for (int64_t j = 0; j < classes; ++j) mx = std::fmax(mx, load_float(a.logits, a.logits_dtype, row + j));
-    double s = 0.0;
-    for (int64_t j = 0; j < classes; ++j) s += std::exp(load_float(a.logits, a.logits_dtype, row + j) - mx);
-    a.loss_out[b] = static_cast<float>(mx + std::log(s) - load_float(a.logits, a.logits_dtype, row + t));
-  }
-  for (int64_t b = 0; b < a.batch; ++b) {
-    const int64_t t = load_index(a.target, a.target_dtype, b * a.target_stride);
-    if (t < 0 || t >= classes) {
-      flag_bad(a.flags, kBadTargetCount, kFirstBadTarget, t);
-      continue;
-    }
-    fold_observation(a.epoch, a.chunk, n, a.flags, load_index(a.index, a.index_dtype, b * a.index_stride),
-                     a.loss_out[b]);
-  }
+  dispatch_float(a.logits_dtype, "logits", [&](auto t) {
+    dispatch_index(a.index_dtype, "index", [&](auto i) {
+      dispatch_index(a.target_dtype, "target", [&](auto g) {
+        record_ce_impl<decltype(t), decltype(i), decltype(g)>(a);
+      });
+    });
+  });
+}
+
+void ce_backward(const CEBackwardArgs& a) {
+  dispatch_float(a.logits_dtype, "logits", [&](auto t) {
+    dispatch_index(a.target_dtype, "target", [&](auto g) {
+      ce_backward_impl<decltype(t), decltype(g)>(a);
+    });
+  });
 }
 
 void end_epoch(const EndEpochArgs& a) {
-  if (a.acc_dtype == kFloat64) {
-    end_epoch_impl<double>(a);
-  } else {
-    end_epoch_impl<float>(a);
-  }
+  dispatch_acc(a.acc_dtype, [&](auto acc) {
+    dispatch_label(a.labels_dtype, [&](auto l) { end_epoch_impl<decltype(acc), decltype(l)>(a); });
+  });
 }
 
 void scores(const ScoresArgs& a) {
-  if (a.acc_dtype == kFloat64) {
-    scores_impl<double>(a);
-  } else {
-    scores_impl<float>(a);
-  }
+  dispatch_acc(a.acc_dtype, [&](auto acc) { scores_impl<decltype(acc)>(a); });
 }
 
 int num_threads() {

@@ -1,8 +1,8 @@
-// CUDA kernels of the streaming CLD tracker. Each entry point is one kernel launch on the
-// stream the caller hands over (never the default stream implicitly), with no allocation and
-// no host synchronisation. Math shared with the CPU kernels lives in cldfast/common.h.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+// CUDA kernels of the streaming CLD tracker: launch geometry, atomics and reductions only. The
+// per-element math is in cldfast/common.h, shared with (and tested through) the CPU kernels.
+// Each entry point is one kernel launch on the stream the caller hands over (never the
+// default stream implicitly), with the stream's device current, no allocation and no host
+// synchronisation.
 #include <cuda_runtime.h>
 
 #include <climits>
@@ -18,170 +18,186 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarp = 32;
+constexpr unsigned kFullMask = 0xffffffffu;
 
-void check_launch(const char* what) {
-  const cudaError_t err = cudaGetLastError();
+void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) {
-    throw std::runtime_error(std::string("cldfast: CUDA launch of ") + what + " failed: " +
+    throw std::runtime_error(std::string("cldfast: CUDA ") + what + " failed: " +
                              cudaGetErrorString(err));
   }
 }
 
+void check_launch(const char* what) { check(cudaGetLastError(), what); }
+
+// Makes `device` current for the launches of one entry point and restores the caller's
+// device afterwards, so a tracker on cuda:1 works whatever device the thread has current.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    check(cudaGetDevice(&previous_), "cudaGetDevice");
+    if (previous_ != device) check(cudaSetDevice(device), "cudaSetDevice");
+    else previous_ = -1;
+  }
+  ~DeviceGuard() {
+    if (previous_ >= 0) cudaSetDevice(previous_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = -1;
+};
+
+// Blocks that keep every multiprocessor full; grid-stride loops cover the rest, so the
+// per-block reductions run once per block, not once per element.
+unsigned resident_blocks(int device) {
+  static int sms[64] = {0};
+  int& n = sms[device & 63];
+  if (n == 0) check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device), "attribute");
+  return static_cast<unsigned>(n) * (2048 / kThreads);
+}
+
+unsigned grid_for(int64_t work, int64_t per_block, unsigned cap) {
+  const int64_t blocks = (work + per_block - 1) / per_block;
+  return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > cap ? cap : blocks));
+}
+
 inline cudaStream_t as_stream(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
 
-inline unsigned grid_for(int64_t work, int64_t per_block) {
-  const int64_t blocks = (work + per_block - 1) / per_block;
-  // Grid-stride loops cover the rest; this cap keeps launches cheap for very large N.
-  return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 65535 * 8 ? 65535 * 8 : blocks));
-}
-
-__device__ __forceinline__ int64_t load_index(const void* p, int dtype, int64_t i) {
-  return dtype == kInt64 ? static_cast<const int64_t*>(p)[i]
-                         : static_cast<int64_t>(static_cast<const int32_t*>(p)[i]);
-}
-
-__device__ __forceinline__ int64_t load_label(const void* p, int dtype, int64_t i) {
-  return dtype == kInt16 ? static_cast<int64_t>(static_cast<const int16_t*>(p)[i])
-                         : static_cast<int64_t>(static_cast<const int32_t*>(p)[i]);
-}
-
-__device__ __forceinline__ float load_float(const void* p, int dtype, int64_t i) {
-  switch (dtype) {
-    case kFloat16: return __half2float(static_cast<const __half*>(p)[i]);
-    case kBFloat16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-    case kFloat64: return static_cast<float>(static_cast<const double*>(p)[i]);
-    default: return static_cast<const float*>(p)[i];
+struct AtomicOps {
+  __device__ static int64_t increment(int64_t* p) {
+    return static_cast<int64_t>(atomicAdd(reinterpret_cast<unsigned long long*>(p), 1ull));
   }
-}
+  __device__ static void add(float* p, float v) { atomicAdd(p, v); }
+};
 
-__device__ __forceinline__ void flag_bad(int64_t* flags, int count_slot, int first_slot,
-                                         int64_t value) {
-  const unsigned long long old =
-      atomicAdd(reinterpret_cast<unsigned long long*>(flags + count_slot), 1ull);
-  if (old == 0ull) flags[first_slot] = value;
-}
-
-__device__ __forceinline__ void fold_observation(float* epoch, int64_t chunk, int64_t n,
-                                                 int64_t* flags, int64_t idx, float loss) {
-  if (idx < 0 || idx >= n) {
-    flag_bad(flags, kBadIndexCount, kFirstBadIndex, idx);
-  } else if (!isfinite(loss)) {
-    atomicAdd(reinterpret_cast<unsigned long long*>(flags + kNonFinite), 1ull);
-  } else {
-    const int64_t at = epoch_sum_offset(idx, chunk);
-    atomicAdd(epoch + at, loss);
-    atomicAdd(epoch + at + chunk, 1.0f);
-  }
-}
-
+template <typename T, typename I>
 __global__ void record_kernel(RecordArgs a) {
   for (int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; b < a.batch;
        b += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    fold_observation(a.epoch, a.chunk, a.num_samples, a.flags, load_index(a.index, a.index_dtype, b * a.index_stride),
-                     load_float(a.loss, a.loss_dtype, b * a.loss_stride));
+    fold_observation<AtomicOps>(a.epoch, a.chunk, a.num_samples, a.flags,
+                                load_int<I>(a.index, b * a.index_stride),
+                                load<T>(a.loss, b * a.loss_stride));
   }
 }
 
-// One warp per row: an online log-sum-exp over the row, merged across lanes with shuffles.
+// LANES threads per row (1 for few classes, a warp otherwise): each lane runs the shared
+// two-pass cross-entropy over a strided part of the row, and the partial states are merged
+// with shuffles. Rows are grid-strided in groups that never straddle a warp, so every lane of
+// a group takes part in its shuffles.
+template <typename T, typename I, typename Tgt, int LANES>
 __global__ void record_ce_kernel(RecordCEArgs a) {
-  const int lane = threadIdx.x % kWarp;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
-  for (int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x / kWarp) + threadIdx.x / kWarp;
-       row < a.batch; row += warps) {
+  using Acc = typename Compute<T>::type;
+  const int lane = threadIdx.x % LANES;
+  const int64_t groups_per_block = blockDim.x / LANES;
+  const int64_t groups = static_cast<int64_t>(gridDim.x) * groups_per_block;
+  Acc* lse_out = static_cast<Acc*>(a.lse_out);
+  for (int64_t row = blockIdx.x * groups_per_block + threadIdx.x / LANES; row < a.batch;
+       row += groups) {
     const int64_t base = row * a.logits_stride;
-    float m = -INFINITY;
-    float s = 0.0f;
-    for (int64_t j = lane; j < a.num_classes; j += kWarp) {
-      const float x = load_float(a.logits, a.logits_dtype, base + j);
-      if (x > m) {
-        s = s * __expf(m - x) + 1.0f;
-        m = x;
-      } else {
-        s += __expf(x - m);
-      }
-    }
+    CEMax<Acc> mx = ce_max_init<Acc>();
+    for (int64_t j = lane; j < a.num_classes; j += LANES) ce_max_step(mx, load<T>(a.logits, base + j));
+    const unsigned mask = LANES == kWarp ? kFullMask : __activemask();
 #pragma unroll
-    for (int offset = kWarp / 2; offset > 0; offset /= 2) {
-      const float m2 = __shfl_xor_sync(0xffffffffu, m, offset);
-      const float s2 = __shfl_xor_sync(0xffffffffu, s, offset);
-      const float mm = fmaxf(m, m2);
-      const float a1 = (m == -INFINITY) ? 0.0f : s * __expf(m - mm);
-      const float a2 = (m2 == -INFINITY) ? 0.0f : s2 * __expf(m2 - mm);
-      s = a1 + a2;
-      m = mm;
+    for (int off = LANES / 2; off > 0; off /= 2) {
+      const Acc m2 = __shfl_xor_sync(mask, mx.m, off, LANES);
+      const int nan2 = __shfl_xor_sync(mask, static_cast<int>(mx.nan), off, LANES);
+      ce_max_merge(mx, m2, nan2 != 0);
+    }
+    CESum<Acc> sm = ce_sum_init<Acc>();
+    for (int64_t j = lane; j < a.num_classes; j += LANES) ce_sum_step(sm, load<T>(a.logits, base + j), mx.m);
+#pragma unroll
+    for (int off = LANES / 2; off > 0; off /= 2) {
+      const Acc r2 = __shfl_xor_sync(mask, sm.r, off, LANES);
+      const int32_t c2 = __shfl_xor_sync(mask, sm.c, off, LANES);
+      ce_sum_merge(sm, r2, c2);
     }
     if (lane == 0) {
-      const int64_t t = load_index(a.target, a.target_dtype, row * a.target_stride);
+      const int64_t t = load_int<Tgt>(a.target, row * a.target_stride);
+      lse_out[row] = ce_lse(mx, sm);
       if (t < 0 || t >= a.num_classes) {
         a.loss_out[row] = NAN;
-        flag_bad(a.flags, kBadTargetCount, kFirstBadTarget, t);
+        flag_bad<AtomicOps>(a.flags, kBadTargetCount, kFirstBadTarget, t);
       } else {
-        const float loss = m + logf(s) - load_float(a.logits, a.logits_dtype, base + t);
+        const float loss = static_cast<float>(ce_loss(mx, sm, load<T>(a.logits, base + t)));
         a.loss_out[row] = loss;
-        fold_observation(a.epoch, a.chunk, a.num_samples, a.flags,
-                         load_index(a.index, a.index_dtype, row * a.index_stride), loss);
+        fold_observation<AtomicOps>(a.epoch, a.chunk, a.num_samples, a.flags,
+                                    load_int<I>(a.index, row * a.index_stride), loss);
       }
     }
   }
 }
 
-template <typename Acc>
+template <typename T, typename Tgt>
+__global__ void ce_backward_kernel(CEBackwardArgs a) {
+  using Acc = typename Compute<T>::type;
+  const Acc* lse = static_cast<const Acc*>(a.lse);
+  Acc* grad = static_cast<Acc*>(a.grad);
+  const int64_t total = a.batch * a.num_classes;
+  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < total;
+       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t b = k / a.num_classes;
+    const int64_t j = k - b * a.num_classes;
+    const int64_t t = load_int<Tgt>(a.target, b * a.target_stride);
+    grad[k] = (t < 0 || t >= a.num_classes)
+                  ? Acc(0)
+                  : ce_grad(load<T>(a.logits, b * a.logits_stride + j), lse[b], j == t,
+                            static_cast<Acc>(a.grad_loss[b * a.grad_loss_stride]));
+  }
+}
+
+template <typename V>
+__device__ __forceinline__ V warp_sum(V v) {
+#pragma unroll
+  for (int off = kWarp / 2; off > 0; off /= 2) v += __shfl_xor_sync(kFullMask, v, off);
+  return v;
+}
+
+__device__ __forceinline__ int32_t warp_min(int32_t v) {
+#pragma unroll
+  for (int off = kWarp / 2; off > 0; off /= 2) v = min(v, __shfl_xor_sync(kFullMask, v, off));
+  return v;
+}
+
+// Each thread keeps its observed count and oldest checkpoint in registers across the
+// grid-stride loop; the block reduces them once (shuffles, then one warp over the warps'
+// results) and issues one global atomic of each kind.
+template <typename Acc, typename L>
 __global__ void end_epoch_kernel(EndEpochArgs a) {
   const int64_t n = a.num_samples;
-  const float* esum = a.epoch;
-  const float* ecount = a.epoch + a.chunk;
-  float* last = a.last;
-  int32_t* tlast = a.i32_state + kLastCheckpoint * n;
-  int32_t* ndiff = a.i32_state + kNumDiffs * n;
-  Acc* acc = static_cast<Acc*>(a.acc);
-  const double* vnow = a.val_history + static_cast<int64_t>(a.checkpoint - a.history_base) * a.val_stride;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  __shared__ int block_oldest;
-  // The loop bound is uniform across the block so that every thread reaches the barrier.
-  for (int64_t start = blockIdx.x * static_cast<int64_t>(blockDim.x); start < n; start += stride) {
-    const int64_t i = start + threadIdx.x;
-    int observed = 0;
-    int oldest = INT_MAX;
-    if (threadIdx.x == 0) block_oldest = INT_MAX;
-    __syncthreads();
-    if (i < n) {
-      const float c = ecount[i];
-      if (c == 0.0f) {
-        if (tlast[i] >= 0) oldest = tlast[i];
-      } else {
-        oldest = a.checkpoint;
-        observed = 1;
-        const float mean = esum[i] / c;
-        const int32_t t0 = tlast[i];
-        if (t0 >= 0) {
-          const int64_t col = load_label(a.labels, a.labels_dtype, i);
-          const Acc dx = static_cast<Acc>(mean) - static_cast<Acc>(last[i]);
-          const Acc dy = static_cast<Acc>(vnow[col] - a.val_history[static_cast<int64_t>(t0 - a.history_base) * a.val_stride + col]);
-          const int32_t k = ndiff[i] + 1;
-          Acc mx = acc[kMeanX * n + i], my = acc[kMeanY * n + i];
-          Acc m2x = acc[kM2X * n + i], m2y = acc[kM2Y * n + i], cxy = acc[kCXY * n + i];
-          welford_pair<Acc>(dx, dy, k, mx, my, m2x, m2y, cxy);
-          acc[kMeanX * n + i] = mx;
-          acc[kMeanY * n + i] = my;
-          acc[kM2X * n + i] = m2x;
-          acc[kM2Y * n + i] = m2y;
-          acc[kCXY * n + i] = cxy;
-          ndiff[i] = k;
-        }
-        last[i] = mean;
-        tlast[i] = a.checkpoint;
-      }
-    }
-    if (oldest != INT_MAX) atomicMin(&block_oldest, oldest);
-    const int block_observed = __syncthreads_count(observed);
-    if (threadIdx.x == 0) {
-      if (block_observed > 0) {
+  const EpochState<Acc> s{a.epoch, a.epoch + a.chunk, a.last, a.i32_state + kLastCheckpoint * n,
+                          a.i32_state + kNumDiffs * n, static_cast<Acc*>(a.acc), n,
+                          a.val_history, a.val_stride, a.history_base, a.checkpoint};
+  int64_t observed = 0;
+  int32_t oldest = INT32_MAX;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    end_epoch_element<Acc, L>(s, a.labels, i, observed, oldest);
+  }
+  __shared__ long long warp_observed[kThreads / kWarp];
+  __shared__ int32_t warp_oldest[kThreads / kWarp];
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  observed = warp_sum(observed);
+  oldest = warp_min(oldest);
+  if (lane == 0) {
+    warp_observed[warp] = observed;
+    warp_oldest[warp] = oldest;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    const int warps = blockDim.x / kWarp;
+    observed = lane < warps ? warp_observed[lane] : 0;
+    oldest = lane < warps ? warp_oldest[lane] : INT32_MAX;
+    observed = warp_sum(observed);
+    oldest = warp_min(oldest);
+    if (lane == 0) {
+      if (observed > 0) {
         atomicAdd(reinterpret_cast<unsigned long long*>(a.flags + kObserved),
-                  static_cast<unsigned long long>(block_observed));
+                  static_cast<unsigned long long>(observed));
       }
-      if (block_oldest != INT_MAX) {
+      if (oldest != INT32_MAX) {
         atomicMin(reinterpret_cast<long long*>(a.flags + kMinLastCheckpoint),
-                  static_cast<long long>(block_oldest));
+                  static_cast<long long>(oldest));
       }
     }
   }
@@ -195,45 +211,91 @@ __global__ void scores_kernel(ScoresArgs a) {
   Acc* out = static_cast<Acc*>(a.out);
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    out[i] = pearson_from_moments<Acc>(ndiff[i], acc[kM2X * n + i], acc[kM2Y * n + i],
-                                       acc[kCXY * n + i]);
+    out[i] = scores_element<Acc>(ndiff, acc, n, i);
   }
 }
 
 }  // namespace
 
-void record(const RecordArgs& a, uintptr_t stream) {
-  if (a.batch == 0) return;
-  record_kernel<<<grid_for(a.batch, kThreads), kThreads, 0, as_stream(stream)>>>(a);
-  check_launch("record");
+void record(const RecordArgs& a, int device, uintptr_t stream) {
+  dispatch_float(a.loss_dtype, "loss", [&](auto t) {
+    dispatch_index(a.index_dtype, "index", [&](auto i) {
+      if (a.batch == 0) return;
+      DeviceGuard guard(device);
+      record_kernel<decltype(t), decltype(i)>
+          <<<grid_for(a.batch, kThreads, resident_blocks(device)), kThreads, 0, as_stream(stream)>>>(a);
+      check_launch("launch of record");
+    });
+  });
 }
 
-void record_ce(const RecordCEArgs& a, uintptr_t stream) {
-  if (a.batch == 0) return;
-  record_ce_kernel<<<grid_for(a.batch, kThreads / kWarp), kThreads, 0, as_stream(stream)>>>(a);
-  check_launch("record_ce");
+void record_ce(const RecordCEArgs& a, int device, uintptr_t stream) {
+  dispatch_float(a.logits_dtype, "logits", [&](auto t) {
+    dispatch_index(a.index_dtype, "index", [&](auto i) {
+      dispatch_index(a.target_dtype, "target", [&](auto g) {
+        if (a.batch == 0) return;
+        using T = decltype(t);
+        using I = decltype(i);
+        using G = decltype(g);
+        DeviceGuard guard(device);
+        const unsigned cap = resident_blocks(device);
+        if (a.num_classes <= kWarp) {
+          record_ce_kernel<T, I, G, 1>
+              <<<grid_for(a.batch, kThreads, cap), kThreads, 0, as_stream(stream)>>>(a);
+        } else {
+          record_ce_kernel<T, I, G, kWarp>
+              <<<grid_for(a.batch, kThreads / kWarp, cap), kThreads, 0, as_stream(stream)>>>(a);
+        }
+        check_launch("launch of record_ce");
+      });
+    });
+  });
 }
 
-void end_epoch(const EndEpochArgs& a, uintptr_t stream) {
+void ce_backward(const CEBackwardArgs& a, int device, uintptr_t stream) {
+  dispatch_float(a.logits_dtype, "logits", [&](auto t) {
+    dispatch_index(a.target_dtype, "target", [&](auto g) {
+      if (a.batch == 0 || a.num_classes == 0) return;
+      DeviceGuard guard(device);
+      ce_backward_kernel<decltype(t), decltype(g)>
+          <<<grid_for(a.batch * a.num_classes, kThreads, resident_blocks(device)), kThreads, 0,
+             as_stream(stream)>>>(a);
+      check_launch("launch of ce_backward");
+    });
+  });
+}
+
+void end_epoch(const EndEpochArgs& a, int device, uintptr_t stream) {
   // The caller zeroes flags[kObserved] and sets flags[kMinLastCheckpoint] to INT32_MAX.
-  const cudaStream_t s = as_stream(stream);
-  if (a.num_samples == 0) return;
-  if (a.acc_dtype == kFloat64) {
-    end_epoch_kernel<double><<<grid_for(a.num_samples, kThreads), kThreads, 0, s>>>(a);
-  } else {
-    end_epoch_kernel<float><<<grid_for(a.num_samples, kThreads), kThreads, 0, s>>>(a);
-  }
-  check_launch("end_epoch");
+  dispatch_acc(a.acc_dtype, [&](auto acc) {
+    dispatch_label(a.labels_dtype, [&](auto l) {
+      if (a.num_samples == 0) return;
+      DeviceGuard guard(device);
+      end_epoch_kernel<decltype(acc), decltype(l)>
+          <<<grid_for(a.num_samples, kThreads, resident_blocks(device)), kThreads, 0,
+             as_stream(stream)>>>(a);
+      check_launch("launch of end_epoch");
+    });
+  });
 }
 
-void scores(const ScoresArgs& a, uintptr_t stream) {
-  if (a.num_samples == 0) return;
-  if (a.acc_dtype == kFloat64) {
-    scores_kernel<double><<<grid_for(a.num_samples, kThreads), kThreads, 0, as_stream(stream)>>>(a);
-  } else {
-    scores_kernel<float><<<grid_for(a.num_samples, kThreads), kThreads, 0, as_stream(stream)>>>(a);
-  }
-  check_launch("scores");
+void scores(const ScoresArgs& a, int device, uintptr_t stream) {
+  dispatch_acc(a.acc_dtype, [&](auto acc) {
+    if (a.num_samples == 0) return;
+    DeviceGuard guard(device);
+    scores_kernel<decltype(acc)>
+        <<<grid_for(a.num_samples, kThreads, resident_blocks(device)), kThreads, 0,
+           as_stream(stream)>>>(a);
+    check_launch("launch of scores");
+  });
+}
+
+int runtime_version() { return CUDART_VERSION; }
+
+int driver_version() {
+  int v = 0;
+  if (cudaDriverGetVersion(&v) != cudaSuccess) return 0;
+  return v;
 }
 
 }  // namespace cuda

@@ -34,10 +34,27 @@ struct RecordCEArgs {
   int64_t batch;         // B
   int64_t num_classes;   // C
   float* loss_out;       // [B] float32 per-sample cross-entropy
+  void* lse_out;         // [B] log-sum-exp per row, for the backward pass: double for
+                         // float64 logits, float otherwise
   float* epoch;
   int64_t chunk;
   int64_t num_samples;
   int64_t* flags;
+};
+
+struct CEBackwardArgs {
+  const void* logits;    // [B, C] as in RecordCEArgs
+  int logits_dtype;
+  int64_t logits_stride;
+  const void* target;    // [B]
+  int target_dtype;
+  int64_t target_stride;
+  const void* lse;       // [B] from record_ce, double for float64 logits, float otherwise
+  const float* grad_loss;  // [B] upstream gradient of the float32 losses
+  int64_t grad_loss_stride;  // may be 0 (a broadcast scalar, e.g. from losses.mean())
+  int64_t batch;
+  int64_t num_classes;
+  void* grad;            // [B, C] contiguous, double for float64 logits, float otherwise
 };
 
 struct EndEpochArgs {
@@ -70,14 +87,20 @@ void record(const RecordArgs& a);
 void record_ce(const RecordCEArgs& a);
 void end_epoch(const EndEpochArgs& a);
 void scores(const ScoresArgs& a);
+void ce_backward(const CEBackwardArgs& a);
 int num_threads();
 }  // namespace cpu
 
+// Each CUDA entry point launches on `stream`, which belongs to device `device`; the launch is
+// made with that device current (and the caller's current device restored afterwards).
 namespace cuda {
-void record(const RecordArgs& a, uintptr_t stream);
-void record_ce(const RecordCEArgs& a, uintptr_t stream);
-void end_epoch(const EndEpochArgs& a, uintptr_t stream);
-void scores(const ScoresArgs& a, uintptr_t stream);
+void record(const RecordArgs& a, int device, uintptr_t stream);
+void record_ce(const RecordCEArgs& a, int device, uintptr_t stream);
+void ce_backward(const CEBackwardArgs& a, int device, uintptr_t stream);
+void end_epoch(const EndEpochArgs& a, int device, uintptr_t stream);
+void scores(const ScoresArgs& a, int device, uintptr_t stream);
+int runtime_version();  // CUDART_VERSION the kernels were built with, e.g. 13000
+int driver_version();   // the installed driver's CUDA version; 0 when there is no driver
 }  // namespace cuda
 
 }  // namespace cldfast
