@@ -67,6 +67,9 @@ class Recipe:
     device: str = "auto"
     amp: bool = True            # bfloat16 autocast of the training pass, CUDA only
     channels_last: bool = True  # CUDA, and the CPU in one process (about 2x faster there)
+    train_channels_last: bool | None = None  # the training pass alone (None: channels_last);
+                                # False keeps the eval passes fast but trains in the layout
+                                # (and so with the float rounding) of a contiguous model
     eval_amp: bool = False      # bfloat16 autocast of the eval passes, CUDA only; opt-in
                                 # because it moves the eval-mode losses beyond float rounding
     seed: int = 0
@@ -208,8 +211,9 @@ def _eval_memory_format(model: torch.nn.Module, channels_last: bool):
     all), on the GPU it feeds tensor cores. Not done under torch.distributed, where DDP's
     gradient buckets are laid out after the parameters' strides."""
     weights = [p for p in model.parameters() if p.dim() == 4]
-    convert = (channels_last and ddist.rank_world()[1] == 1 and bool(weights)
-               and not weights[0].is_contiguous(memory_format=torch.channels_last))
+    # Every weight is checked: a 1-channel one ([O, 1, kH, kW]) passes either test.
+    convert = (channels_last and ddist.rank_world()[1] == 1
+               and any(not w.is_contiguous(memory_format=torch.channels_last) for w in weights))
     if convert:
         model.to(memory_format=torch.channels_last)
     try:
@@ -237,7 +241,7 @@ def predict(model: torch.nn.Module, dataset, indices: np.ndarray, recipe: Recipe
     indices = np.asarray(indices, dtype=np.int64)
     losses = torch.empty(indices.shape[0], dtype=torch.float32)
     correct = torch.empty(indices.shape[0], dtype=torch.bool)
-    cl = recipe.channels_last and ddist.rank_world()[1] == 1
+    cl = recipe.channels_last and (device.type == "cuda" or ddist.rank_world()[1] == 1)
     amp = recipe.eval_amp and device.type == "cuda"
     bs = recipe.eval_batch_size
     source = _batched_source(dataset)
@@ -398,7 +402,8 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Rec
     model = build_model(arch, bundle.num_classes, bundle.input_shape).to(device)
     # channels_last on the CPU too (mkldnn's pooling and convolutions are much faster in it),
     # but not under DDP there: its gradient buckets follow the parameters' strides.
-    cl = recipe.channels_last and (device.type == "cuda" or world == 1)
+    train_cl = recipe.channels_last if recipe.train_channels_last is None else recipe.train_channels_last
+    cl = train_cl and (device.type == "cuda" or world == 1)
     amp = recipe.amp and device.type == "cuda"
     if cl:
         model = model.to(memory_format=torch.channels_last)
