@@ -277,6 +277,12 @@ def main(argv: list[str] | None = None) -> int:
                      f"medians differ by {100 * (med[CONTROL] / med['plain'] - 1):+.2f} %, 95 % "
                      f"interval of the median per-round ratio [{lo_c:.3f}, {hi_c:.3f}]: the "
                      "resolution of the end-to-end figures on this machine.")
+        fused = iso["record(logits=)"] / iso["record(losses)"]
+        notes.append(f"- {cfg.name} ({where}): the fused record(logits=, targets=) (cross-entropy "
+                     f"forward, record and backward in two native kernels) takes "
+                     f"{1e6 * iso['record(logits=)']:.1f} µs against {1e6 * iso['record(losses)']:.1f} µs "
+                     f"for F.cross_entropy(reduction='none') + record(losses): {fused:.2f}x the time "
+                     f"({'at least as fast' if fused <= 1.0 else 'SLOWER'}).")
         for v in RECORDING:
             added = iso[v] - iso["plain"] + amort
             pct = 100 * added / med["plain"]

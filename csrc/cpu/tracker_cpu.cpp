@@ -28,6 +28,51 @@ struct SerialOps {
 // Enough work per call to pay for waking the OpenMP team.
 constexpr int64_t kParallelWork = 65536;
 
+// The cross-entropy row loops are vectorised (the shared math is branch-free and the CPU
+// translation unit is built with -fno-trapping-math, which lets the compiler evaluate both
+// sides of a select; no value changes). On x86-64 they are also compiled for x86-64-v3 (AVX2
+// with hardware fmaf) and picked at load time; the default variant gets fmaf from libm, with
+// the same correctly rounded results. Neither contracts other multiply-adds, so both round as
+// the GPU does, up to the order in which the lanes' partial sums are added.
+#if defined(__x86_64__) && defined(__has_attribute)
+#if __has_attribute(target_clones) && !defined(CLDFAST_SANITIZE_BUILD)
+#define CLDFAST_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#endif
+#endif
+#ifndef CLDFAST_CPU_CLONES
+#define CLDFAST_CPU_CLONES
+#endif
+
+// Both passes of the shared cross-entropy over one row of logits.
+template <typename T>
+CLDFAST_CPU_CLONES void ce_row(const void* logits, int64_t row, int64_t classes,
+                               typename Compute<T>::type& m, int& nan,
+                               typename Compute<T>::type& r, int& c) {
+  using Acc = typename Compute<T>::type;
+  Acc mm = -static_cast<Acc>(INFINITY);
+  int nn = 0;
+#pragma omp simd reduction(max : mm) reduction(| : nn)
+  for (int64_t j = 0; j < classes; ++j) ce_max_step(mm, nn, load<T>(logits, row + j));
+  Acc rr = 0;
+  int cc = 0;
+#pragma omp simd reduction(+ : rr, cc)
+  for (int64_t j = 0; j < classes; ++j) ce_sum_step(rr, cc, load<T>(logits, row + j), mm);
+  m = mm;
+  nan = nn;
+  r = rr;
+  c = cc;
+}
+
+template <typename T>
+CLDFAST_CPU_CLONES void ce_grad_row(const void* logits, int64_t row, int64_t classes, int64_t t,
+                                    typename Compute<T>::type lse, typename Compute<T>::type g,
+                                    typename Compute<T>::type* out) {
+  // The target column is redone after the loop, so that the loop has no 64-bit compare.
+#pragma omp simd
+  for (int64_t j = 0; j < classes; ++j) out[j] = ce_grad(load<T>(logits, row + j), lse, false, g);
+  out[t] = ce_grad(load<T>(logits, row + t), lse, true, g);
+}
+
 template <typename T, typename I>
 void record_impl(const RecordArgs& a) {
   for (int64_t b = 0; b < a.batch; ++b) {
@@ -47,14 +92,15 @@ void record_ce_impl(const RecordCEArgs& a) {
 #pragma omp parallel for schedule(static) if (a.batch * classes > kParallelWork)
   for (int64_t b = 0; b < a.batch; ++b) {
     const int64_t row = b * a.logits_stride;
-    CEMax<Acc> mx = ce_max_init<Acc>();
-    for (int64_t j = 0; j < classes; ++j) ce_max_step(mx, load<T>(a.logits, row + j));
-    CESum<Acc> sm = ce_sum_init<Acc>();
-    for (int64_t j = 0; j < classes; ++j) ce_sum_step(sm, load<T>(a.logits, row + j), mx.m);
+    Acc m, r;
+    int nan, c;
+    ce_row<T>(a.logits, row, classes, m, nan, r, c);
     const int64_t t = load_int<Tgt>(a.target, b * a.target_stride);
-    lse_out[b] = ce_lse(mx, sm);
-    a.loss_out[b] = (t < 0 || t >= classes) ? NAN
-                                            : static_cast<float>(ce_loss(mx, sm, load<T>(a.logits, row + t)));
+    const Acc tail = ce_tail(m, nan, r, c);
+    lse_out[b] = m + tail;
+    a.loss_out[b] = (t < 0 || t >= classes)
+                        ? NAN
+                        : static_cast<float>((m - load<T>(a.logits, row + t)) + tail);
   }
   for (int64_t b = 0; b < a.batch; ++b) {
     const int64_t t = load_int<Tgt>(a.target, b * a.target_stride);
@@ -83,8 +129,7 @@ void ce_backward_impl(const CEBackwardArgs& a) {
     }
     const int64_t row = b * a.logits_stride;
     const Acc g = static_cast<Acc>(a.grad_loss[b * a.grad_loss_stride]);
-    const Acc l = lse[b];
-    for (int64_t j = 0; j < classes; ++j) out[j] = ce_grad(load<T>(a.logits, row + j), l, j == t, g);
+    ce_grad_row<T>(a.logits, row, classes, t, lse[b], g, out);
   }
 }
 

@@ -95,31 +95,31 @@ __global__ void record_ce_kernel(RecordCEArgs a) {
   for (int64_t row = blockIdx.x * groups_per_block + threadIdx.x / LANES; row < a.batch;
        row += groups) {
     const int64_t base = row * a.logits_stride;
-    CEMax<Acc> mx = ce_max_init<Acc>();
-    for (int64_t j = lane; j < a.num_classes; j += LANES) ce_max_step(mx, load<T>(a.logits, base + j));
-    const unsigned mask = LANES == kWarp ? kFullMask : __activemask();
+    Acc m = -static_cast<Acc>(INFINITY);
+    int nan = 0;
+    for (int64_t j = lane; j < a.num_classes; j += LANES) ce_max_step(m, nan, load<T>(a.logits, base + j));
 #pragma unroll
     for (int off = LANES / 2; off > 0; off /= 2) {
-      const Acc m2 = __shfl_xor_sync(mask, mx.m, off, LANES);
-      const int nan2 = __shfl_xor_sync(mask, static_cast<int>(mx.nan), off, LANES);
-      ce_max_merge(mx, m2, nan2 != 0);
+      ce_max_step(m, nan, static_cast<Acc>(__shfl_xor_sync(kFullMask, m, off, LANES)));
+      nan |= __shfl_xor_sync(kFullMask, nan, off, LANES);
     }
-    CESum<Acc> sm = ce_sum_init<Acc>();
-    for (int64_t j = lane; j < a.num_classes; j += LANES) ce_sum_step(sm, load<T>(a.logits, base + j), mx.m);
+    Acc r = 0;
+    int c = 0;
+    for (int64_t j = lane; j < a.num_classes; j += LANES) ce_sum_step(r, c, load<T>(a.logits, base + j), m);
 #pragma unroll
     for (int off = LANES / 2; off > 0; off /= 2) {
-      const Acc r2 = __shfl_xor_sync(mask, sm.r, off, LANES);
-      const int32_t c2 = __shfl_xor_sync(mask, sm.c, off, LANES);
-      ce_sum_merge(sm, r2, c2);
+      r += __shfl_xor_sync(kFullMask, r, off, LANES);
+      c += __shfl_xor_sync(kFullMask, c, off, LANES);
     }
     if (lane == 0) {
       const int64_t t = load_int<Tgt>(a.target, row * a.target_stride);
-      lse_out[row] = ce_lse(mx, sm);
+      const Acc tail = ce_tail(m, nan, r, c);
+      lse_out[row] = m + tail;
       if (t < 0 || t >= a.num_classes) {
         a.loss_out[row] = NAN;
         flag_bad<AtomicOps>(a.flags, kBadTargetCount, kFirstBadTarget, t);
       } else {
-        const float loss = static_cast<float>(ce_loss(mx, sm, load<T>(a.logits, base + t)));
+        const float loss = static_cast<float>((m - load<T>(a.logits, base + t)) + tail);
         a.loss_out[row] = loss;
         fold_observation<AtomicOps>(a.epoch, a.chunk, a.num_samples, a.flags,
                                     load_int<I>(a.index, row * a.index_stride), loss);
