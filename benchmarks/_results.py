@@ -81,3 +81,31 @@ def write_section(name: str, title: str, script: str, body: str, path: Path = RE
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def merge(source: Path, target: Path = RESULTS) -> list[str]:
+    """Copy every section of `source` (e.g. the GPU sections a GPU machine wrote) into
+    `target`, replacing sections of the same name. Returns the names copied."""
+    text = source.read_text()
+    names = re.findall(r"<!-- section:([\w-]+) -->", text)
+    out = target.read_text() if target.exists() else HEADER
+    for name in names:
+        block = re.search(rf"<!-- section:{re.escape(name)} -->.*?<!-- /section:{re.escape(name)} -->",
+                          text, re.S).group(0)
+        pattern = re.compile(rf"<!-- section:{re.escape(name)} -->.*?<!-- /section:{re.escape(name)} -->", re.S)
+        out = pattern.sub(lambda _: block, out) if pattern.search(out) else out.rstrip() + "\n\n" + block + "\n"
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".RESULTS.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(out)
+    os.replace(tmp, target)
+    return names
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Splice sections written elsewhere into RESULTS.md")
+    ap.add_argument("--merge", type=Path, required=True, help="a RESULTS file whose sections to copy")
+    ap.add_argument("--into", type=Path, default=RESULTS, help="target (default: benchmarks/RESULTS.md)")
+    a = ap.parse_args()
+    print("merged sections:", ", ".join(merge(a.merge, a.into)))

@@ -227,6 +227,8 @@ def configs(args) -> list[Config]:
         gpu = [Config(c.name, c.arch, c.shape, c.classes, min(c.batch, 32), 50_000, c.device,
                       c.amp, 3, 1) for c in gpu]
     has_gpu = torch.cuda.is_available() and _ops.cuda_compiled()
+    if args.gpu_only:
+        return gpu
     return cpu + (gpu if has_gpu and not args.cpu_only else [])
 
 
@@ -243,10 +245,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="torch intra-op threads on the CPU (0: torch's default; default: %(default)s, "
                          "stable timings on a shared machine)")
     ap.add_argument("--cpu-only", action="store_true", help="skip the GPU configurations")
+    ap.add_argument("--gpu-only", action="store_true",
+                    help="GPU configurations only, written to the 'overhead-gpu' section")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, a few steps")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     ap.add_argument("--results", default=str(RESULTS), help="file to write the section into")
     args = ap.parse_args(argv)
+    if args.gpu_only and not (torch.cuda.is_available() and _ops.cuda_compiled()):
+        ap.error("--gpu-only needs a CUDA GPU and a cldfast build with CUDA kernels")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
@@ -321,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
             f"median:\n\n{iso_table}\n\n" + "\n".join(notes))
     print(body)
     if not args.no_write:
-        write_section("overhead", "Training-loop overhead of record()", "benchmarks/bench_overhead.py",
+        name, title = ("overhead-gpu", " (GPU)") if args.gpu_only else ("overhead", "")
+        write_section(name, "Training-loop overhead of record()" + title,
+                      "benchmarks/bench_overhead.py" + (" --gpu-only" if args.gpu_only else ""),
                       body, Path(args.results))
     return 0
 

@@ -107,13 +107,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=4,
                     help="epochs per N; the first is untimed (default: %(default)s; 2 at N >= 1e8)")
     ap.add_argument("--cpu-only", action="store_true", help="skip the GPU rows")
+    ap.add_argument("--gpu-only", action="store_true",
+                    help="GPU rows only, written to the 'scale-gpu' section (run on a GPU machine)")
     ap.add_argument("--smoke", action="store_true", help="N = 1e4 and 1e5 only")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     ap.add_argument("--results", default=str(RESULTS), help="file to write the section into")
     args = ap.parse_args(argv)
     sizes = [10_000, 100_000] if args.smoke else [int(float(s)) for s in args.sizes.split(",")]
-    devices = ["cpu"]
-    if torch.cuda.is_available() and _ops.cuda_compiled() and not args.cpu_only:
+    has_gpu = torch.cuda.is_available() and _ops.cuda_compiled()
+    if args.gpu_only and not has_gpu:
+        ap.error("--gpu-only needs a CUDA GPU and a cldfast build with CUDA kernels")
+    devices = [] if args.gpu_only else ["cpu"]
+    if has_gpu and not args.cpu_only:
         devices.append("cuda")
     rows = []
     for device in devices:
@@ -164,8 +169,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{table}\n\n" + "\n".join(notes))
     print(body)
     if not args.no_write:
-        write_section("scale", "Scale: tracker time and memory from 1e5 to 1e8 samples",
-                      "benchmarks/bench_scale.py", body, Path(args.results))
+        name, title = ("scale-gpu", " (GPU)") if args.gpu_only else ("scale", "")
+        write_section(name, "Scale: tracker time and memory from 1e5 to 1e8 samples" + title,
+                      "benchmarks/bench_scale.py" + (" --gpu-only" if args.gpu_only else ""), body,
+                      Path(args.results))
     return 0
 
 

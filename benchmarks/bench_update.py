@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import markdown_table, median_time, write_section  # noqa: E402
+from _results import RESULTS, markdown_table, median_time, write_section  # noqa: E402
 
 from cldfast import CLDTracker, _ops, _reference  # noqa: E402
 
@@ -212,13 +212,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats per figure (median)")
     ap.add_argument("--record-batches", type=int, default=2000,
                     help="batches of 256 timed for record() (default: %(default)s)")
+    ap.add_argument("--gpu-only", action="store_true",
+                    help="GPU rows only, written to the 'update-gpu' section (run on a GPU machine)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    ap.add_argument("--results", default=str(RESULTS), help="file to write the section into")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.gpu_only and not (torch.cuda.is_available() and _ops.cuda_compiled()):
+        ap.error("--gpu-only needs a CUDA GPU and a cldfast build with CUDA kernels")
     rows, copy_bw = [], {}
     for n in sizes:
-        print(f"N={n:,}: cpu", flush=True)
-        rows += bench_cpu(n, args.repeats, args.record_batches)
+        if not args.gpu_only:
+            print(f"N={n:,}: cpu", flush=True)
+            rows += bench_cpu(n, args.repeats, args.record_batches)
         if torch.cuda.is_available() and _ops.cuda_compiled():
             print(f"N={n:,}: cuda", flush=True)
             cuda_rows, copy_bw[n] = bench_cuda(n, args.repeats)
@@ -254,7 +260,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{table}\n\n" + "\n".join(notes))
     print(body)
     if not args.no_write:
-        write_section("update", "Tracker update: record() and end_epoch()", "benchmarks/bench_update.py", body)
+        name, title = ("update-gpu", " (GPU)") if args.gpu_only else ("update", "")
+        write_section(name, "Tracker update: record() and end_epoch()" + title,
+                      "benchmarks/bench_update.py" + (" --gpu-only" if args.gpu_only else ""), body,
+                      Path(args.results))
     return 0
 
 
