@@ -93,9 +93,19 @@ def _require_cuda_build(device: torch.device) -> None:
         raise RuntimeError(_DRIVER[1])
 
 
+_WITH_CUDA = bool(_core.with_cuda)
+# The raw handle of the current stream without building a torch.cuda.Stream object (a few µs
+# per launch); the public call is the fallback.
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
 def _stream(device: torch.device) -> tuple[int, int]:
     """(device index, raw stream) for a launch: the kernels make the device current."""
+    if not _WITH_CUDA:
+        _require_cuda_build(device)
     index = device.index if device.index is not None else torch.cuda.current_device()
+    if _raw_stream is not None:
+        return index, _raw_stream(index)
     return index, torch.cuda.current_stream(index).cuda_stream
 
 
@@ -114,7 +124,6 @@ def record(index: torch.Tensor, loss: torch.Tensor, epoch: torch.Tensor, num_sam
             FLOAT_CODES[loss.dtype], loss.stride(0), loss.shape[0], epoch.data_ptr(),
             epoch.shape[2], int(num_samples), flags.data_ptr())
     if _is_cuda(epoch):
-        _require_cuda_build(epoch.device)
         _core.cuda_record(*args, *_stream(epoch.device))
     else:
         _core.cpu_record(*args)
@@ -142,7 +151,6 @@ def record_ce(index: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, e
             INDEX_CODES[target.dtype], target.stride(0), batch, classes, out.data_ptr(),
             lse.data_ptr(), epoch.data_ptr(), epoch.shape[2], int(num_samples), flags.data_ptr())
     if _is_cuda(epoch):
-        _require_cuda_build(epoch.device)
         _core.cuda_record_ce(*args, *_stream(epoch.device))
     else:
         _core.cpu_record_ce(*args)
@@ -189,7 +197,6 @@ def end_epoch(labels: torch.Tensor, val_history: torch.Tensor, history_base: int
             epoch_shard.shape[1], last.data_ptr(), i32_state.data_ptr(), acc.data_ptr(),
             ACC_CODES[acc.dtype], flags.data_ptr())
     if _is_cuda(acc):
-        _require_cuda_build(acc.device)
         _core.cuda_end_epoch(*args, *_stream(acc.device))
     else:
         _core.cpu_end_epoch(*args)
@@ -204,7 +211,6 @@ def scores(i32_state: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
     out = torch.empty(n, dtype=acc.dtype, device=acc.device)
     args = (n, i32_state.data_ptr(), acc.data_ptr(), ACC_CODES[acc.dtype], out.data_ptr())
     if _is_cuda(acc):
-        _require_cuda_build(acc.device)
         _core.cuda_scores(*args, *_stream(acc.device))
     else:
         _core.cpu_scores(*args)

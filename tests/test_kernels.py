@@ -330,14 +330,16 @@ def test_cuda_record_ce_agrees_with_cpu(classes, dtype):
     torch.testing.assert_close(lb.cpu(), la, rtol=4e-6, atol=1e-6, equal_nan=True)
     torch.testing.assert_close(gpu_e.cpu(), cpu_e, rtol=4e-6, atol=1e-5)
     assert torch.equal(cf, gf.cpu())
+    # The backward is element-wise in exp_nonpos and IEEE operations only: from the same
+    # log-sum-exp, both sides give the same bits.
     grad_loss = torch.rand(batch, generator=g)
     ga = _ops.ce_backward(logits, target, la, grad_loss)
-    gb = _ops.ce_backward(logits.cuda(), target.cuda(), lb, grad_loss.cuda())
-    torch.testing.assert_close(gb.cpu(), ga, rtol=1e-5, atol=1e-7)
+    gb = _ops.ce_backward(logits.cuda(), target.cuda(), la.cuda(), grad_loss.cuda())
+    assert torch.equal(gb.cpu(), ga)
 
 
 @needs_cuda
-def test_cuda_tracker_bit_identical_to_cpu_tracker_over_epochs():
+def test_cuda_tracker_matches_cpu_tracker_over_epochs():
     from cldfast import CLDTracker
 
     n, classes = 30_000, 10
@@ -354,8 +356,11 @@ def test_cuda_tracker_bit_identical_to_cpu_tracker_over_epochs():
                 t.record(seen[part:part + 512], losses[part:part + 512].to(t.device))
             t.record_validation(val.to(t.device))
             t.end_epoch()
+    # The kernels agree bit for bit (above); the per-class validation means come from torch's
+    # index_add_, whose CUDA atomics add in any order, so the scores agree to rounding.
     a, b = trackers[0].scores(), trackers[1].scores().cpu()
-    assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(9), b.nan_to_num(9))
+    assert torch.equal(a.isnan(), b.isnan())
+    torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12, equal_nan=True)
     assert torch.equal(trackers[0].num_differences(), trackers[1].num_differences().cpu())
 
 
