@@ -201,6 +201,12 @@ class Study:
         (self.work / "proxy").mkdir(parents=True, exist_ok=True)
         (self.work / "retrain").mkdir(parents=True, exist_ok=True)
         self.full = load_dataset("fashion-mnist")
+        if args.test_subset:
+            t = self.full.test
+            cut = InMemoryImageDataset(t.images[:args.test_subset], t.targets[:args.test_subset],
+                                       t.mean.flatten().tolist(), t.std.flatten().tolist(),
+                                       max_value=t.max_value)
+            self.full = replace(self.full, test=cut, test_targets=self.full.test_targets[:args.test_subset])
         self._bundles: dict[str, Any] = {}
         self.retrain_seeds = list(range(args.seeds))
 
@@ -517,7 +523,7 @@ validation split V (seed 0); proxy and retrained model: small-cnn; SGD lr 0.1, N
 weight decay 5e-4, batch 128; multistep decays at 81/164 and 121/164 of the epochs unless \
 said otherwise. Retraining: {a.retrain_epochs} epochs (same schedule shape), seeds \
 0..{a.seeds - 1} (random coresets: a fresh class-balanced draw per seed), test accuracy on \
-the 10,000-image test split, mean ± sample std over seeds. Coresets are class-balanced \
+the {len(st.full.test_targets):,}-image test split, mean ± sample std over seeds. Coresets are class-balanced \
 (`cldfast.selection.select`). Both estimators come from one proxy run: eval mode (the model \
 in eval mode without augmentation over the training split after every epoch: the paper's CLD, \
 cldfast's default) and train mode (the training pass's own losses). CPU, \
@@ -626,7 +632,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fractions", default="0.05,0.1,0.3,0.5,0.7")
     ap.add_argument("--seeds", type=int, default=3, help="retraining seeds (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
-    ap.add_argument("--work", default=str(HERE / "_work" / "fidelity"), help="cell cache folder")
+    ap.add_argument("--work", help="cell cache folder (default: benchmarks/_work/fidelity; "
+                    "with --smoke a fresh temporary folder)")
+    ap.add_argument("--test-subset", type=int, default=0, help="first N test images only (0: all)")
     ap.add_argument("--report-only", action="store_true", help="only rewrite the section from cells "
                     "(parts whose cells are missing would be computed: list only finished parts)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, for testing the script")
@@ -637,6 +645,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.n, args.n_small, args.lengths, args.sub_epochs = 40, 30, "3,4", 12
         args.noise_epochs, args.retrain_epochs, args.seeds, args.fractions = 4, 1, 2, "0.1,0.5"
+        args.test_subset = args.test_subset or 300
+        if args.work is None:
+            import tempfile
+
+            args.work = tempfile.mkdtemp(prefix="cldfast-fidelity-smoke-")
+    if args.work is None:
+        args.work = str(HERE / "_work" / "fidelity")
     args.lengths = [int(x) for x in args.lengths.split(",")]
     args.fractions = [float(x) for x in args.fractions.split(",")]
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]

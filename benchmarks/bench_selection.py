@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.smoke:
-        args.epochs, args.repeats, args.subset, args.test_subset = 3, 1, 1000, 500
+        args.epochs, args.repeats, args.subset, args.test_subset = 5, 1, 1000, 500
         args.mem_n, args.mem_t, args.mem_q = 1000, 5, 100
     root = Path(tempfile.mkdtemp(prefix="cldfast-bench-selection-"))
     runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}

@@ -5,7 +5,7 @@ another's figures), and each writing its own section of RESULTS.md:
 
   bench_overhead.py   training-loop overhead of record() (CPU; GPU when available)
   bench_selection.py  the whole selection stage vs the authors' pipeline (authors_baseline.py)
-  bench_fidelity.py   train-mode vs eval-mode CLD: rankings, coreset overlap, retrained accuracy
+  bench_fidelity.py   when CLD works: eval vs train mode, label noise, proxy length, subsampling, ...
   bench_scale.py      tracker time and memory from N = 1e5 to 1e8
   bench_update.py     record() and end_epoch() kernels vs torch ops and numpy
   bench_distributed.py  tracker bytes per rank and the end_epoch collectives (Gloo ranks)

@@ -246,7 +246,9 @@ def predict(model: torch.nn.Module, dataset, indices: np.ndarray, recipe: Recipe
     bs = recipe.eval_batch_size
     source = _batched_source(dataset)
     show = progress and desc is not None
-    with torch.inference_mode(), _eval_memory_format(model, cl):
+    # The layout changes outside inference mode: parameters converted inside it would become
+    # inference tensors, which the next training step cannot use.
+    with _eval_memory_format(model, cl), torch.inference_mode():
         if source is not None:
             idx = torch.from_numpy(_checked_indices(indices, len(source)))
             starts = range(0, idx.shape[0], bs)

@@ -65,9 +65,10 @@ def test_bench_command_writes_table_json_and_plot(bench_out, capsys):
         for f in ("0.3", "0.6"):
             cell = ln["fractions"][f]
             assert len(cell["accuracies"]) == 2 and 0 <= cell["mean"] <= 1
-    # one proxy run, no extra pass for the recorded scores, one for k-center greedy
+    # one proxy run: no extra pass for the recorded scores, one per proxy epoch for CLD (eval
+    # mode, the default: the paper's estimator), one for k-center greedy
     cost = metrics["selection_cost"]
-    assert cost["forgetting"]["extra_passes"] == 0 and cost["cld"]["extra_passes"] == 0
+    assert cost["forgetting"]["extra_passes"] == 0 and cost["cld"]["extra_passes"] == 3
     assert cost["kcenter"]["extra_passes"] == 1 and cost["kcenter"]["state_bytes"] > 0
     assert (bench_out / "bench_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(list((bench_out / "cells").glob("*.json"))) == 12 * 2 * 2 + 2

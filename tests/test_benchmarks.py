@@ -32,8 +32,10 @@ def test_run_all_smoke_writes_every_section_elsewhere(tmp_path):
     # Each section holds its tables.
     assert "| model | device | batch |" in text and "isolated overhead" in text
     assert "(a) authors' pipeline" in text and "(c) cldfast, loss_source=train" in text
+    assert "(b) cldfast eval mode, (a)'s training layout" in text and "--track-every 2" in text
     assert "ImageNet-1k" in text and "CLDTracker state" in text
-    assert "Spearman(train mode, eval mode)" in text and "| fraction | coreset |" in text
+    assert "Label noise: 20 % symmetric flips" in text and "| fraction | coreset |" in text
+    assert "Checkpoint subsampling" in text and "Spearman seed 0 vs 1" in text
     assert "| device | N | record pass s |" in text
     # bench_update.py and bench_distributed.py only print here (they write nowhere but
     # RESULTS.md): their tables are in stdout.
@@ -60,7 +62,9 @@ def test_authors_baseline_scores_match_cldfast_eval_mode(tmp_path):
     from cldfast.training import Recipe
 
     bundle = load_dataset("digits")
-    recipe = Recipe(epochs=4, batch_size=64, lr=0.05, device="cpu", seed=1)
+    # Training in the baseline's memory layout (cldfast trains in channels_last on the CPU by
+    # default, whose float rounding differs), so that both runs train bit for bit alike.
+    recipe = Recipe(epochs=4, batch_size=64, lr=0.05, device="cpu", seed=1, train_channels_last=False)
     train_idx, val_idx = split_train_val(bundle.train_targets, 0.1, recipe.seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small convolutions: one thread is much faster on a small CPU
@@ -75,7 +79,9 @@ def test_authors_baseline_scores_match_cldfast_eval_mode(tmp_path):
     stored = read_authors_pickle(res.loss_path)
     assert stored.train_losses.shape == (4, train_idx.size)
     assert np.array_equal(sf.train_indices, train_idx)
-    np.testing.assert_allclose(scores, sf.scores, rtol=0, atol=1e-9)
+    # cldfast's eval pass runs the model in channels_last (another float rounding of the same
+    # losses, ~1e-7 relative), so the scores agree to float tolerance, not to the last bit.
+    np.testing.assert_allclose(scores, sf.scores, rtol=0, atol=1e-5)
     assert metrics["extra_forward_passes_over_train"] == 4
     # The authors' per-class rankings are original indices sorted by descending CLD.
     c0 = ranking["0"]

@@ -138,12 +138,16 @@ class _RecordingTracker(CLDTracker):
         return super().end_epoch()
 
 
-def test_subsampled_tracking_equals_replaying_subsampled_trajectories(digits):
+@pytest.mark.parametrize("train_channels_last", [None, False])
+def test_subsampled_tracking_equals_replaying_subsampled_trajectories(digits, train_channels_last):
     """Eval-mode tracking at every 2nd epoch of a 7-epoch proxy (epochs 1, 3, 5, 7) gives the
-    reference CLD of the every-epoch trajectories of the same run, rows 0, 2, 4, 6."""
+    reference CLD of the every-epoch trajectories of the same run, rows 0, 2, 4, 6. With
+    ``train_channels_last=False`` the eval pass converts the model's layout and back between
+    training epochs."""
     train_idx, val_idx = split_train_val(digits.train_targets, 0.1, 0)
     labels, val_labels = digits.train_targets[train_idx], digits.train_targets[val_idx]
-    recipe = Recipe(epochs=7, batch_size=64, lr=0.05, device="cpu")
+    recipe = Recipe(epochs=7, batch_size=64, lr=0.05, device="cpu",
+                    train_channels_last=train_channels_last)
 
     full = _RecordingTracker(labels, val_labels, num_classes=digits.num_classes)
     full._val_labels_np = val_labels
