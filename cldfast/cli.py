@@ -173,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="coreset fractions per class, comma-separated (default: 0.1,0.2,0.3)")
     p.add_argument("--compare-fraction", type=_fraction,
                    help="size of the top / near-zero / negative CLD comparison (default: smallest fraction)")
+    p.add_argument("--seeds", type=_positive_int, default=2,
+                   help="retraining seeds of every coreset and of the full split; the table "
+                        "gives mean ± std over them (default: %(default)s)")
     _add_data(p)
     _add_recipe(p, proxy=True)
     _add_tracking(p)
@@ -280,7 +283,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                  fractions=args.fractions, compare_fraction=args.compare_fraction,
                  val_fraction=args.val_fraction, loss_source=args.loss_source,
                  track_epochs=args.track_epochs, track_every=args.track_every,
-                 per_class=not args.global_val, resume=args.resume, progress=not args.quiet)
+                 per_class=not args.global_val, seeds=args.seeds, resume=args.resume,
+                 progress=not args.quiet)
     print(result.table)
     print(f"\nOutputs in {result.out}/: scores.npz, indices/, metrics.json, results.md, "
           f"plots/accuracy_vs_fraction.png, plots/cld_histograms.png, run.log")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -184,11 +184,13 @@ def run(data: DataSpec | None = None, out: str | Path = "cldfast-out", *,
         recipe: Recipe | None = None, fractions: Sequence[float] = (0.1, 0.2, 0.3),
         compare_fraction: float | None = None, val_fraction: float = 0.1,
         loss_source: str = "eval", track_epochs: int | None = None, track_every: int = 1,
-        per_class: bool = True, resume: bool = False, progress: bool = True) -> RunResult:
+        per_class: bool = True, seeds: int = 2, resume: bool = False,
+        progress: bool = True) -> RunResult:
     """The whole pipeline: track a proxy, select CLD and random coresets at ``fractions``
     and top / near-zero / most-negative CLD subsets at ``compare_fraction`` (default: the
-    smallest fraction), train ``arch`` on each and on the full training split, and write
-    a table, metrics.json and plots into ``out``."""
+    smallest fraction), train ``arch`` on each and on the full training split with ``seeds``
+    retraining seeds (``recipe.seed + s``; random coresets are drawn afresh per seed), and
+    write a table (mean ± std over the seeds), metrics.json and plots into ``out``."""
     from .plots import plot_accuracy_vs_fraction, plot_score_histograms
 
     data = data or DataSpec()
@@ -201,44 +203,57 @@ def run(data: DataSpec | None = None, out: str | Path = "cldfast-out", *,
     for f in fractions:
         if not 0 < f <= 1:
             raise ValueError(f"fractions must be in (0, 1]; got {f}")
+    if int(seeds) < 1:
+        raise ValueError(f"seeds must be >= 1; got {seeds}")
+    seeds = int(seeds)
     compare = float(compare_fraction) if compare_fraction is not None else fractions[0]
     t0 = time.perf_counter()
     scores, track_metrics = track(bundle, out, arch=proxy_arch, recipe=proxy_recipe,
                                   val_fraction=val_fraction, loss_source=loss_source,
                                   track_epochs=track_epochs, track_every=track_every,
                                   per_class=per_class, resume=resume, progress=progress)
-    runs: list[tuple[str, str, float, np.ndarray | None]] = [("full", "full", 1.0, None)]
+    runs: list[tuple[str, str, float]] = [("full", "full", 1.0)]
     for f in fractions:
-        runs.append((f"cld_top_{f:g}", "top", f, None))
-        runs.append((f"random_{f:g}", "random", f, None))
+        runs.append((f"cld_top_{f:g}", "top", f))
+        runs.append((f"random_{f:g}", "random", f))
     for order in ("zero", "bottom"):
-        runs.append((f"cld_{order}_{compare:g}", order, compare, None))
+        runs.append((f"cld_{order}_{compare:g}", order, compare))
     if f"cld_top_{compare:g}" not in {r[0] for r in runs}:
-        runs.append((f"cld_top_{compare:g}", "top", compare, None))
+        runs.append((f"cld_top_{compare:g}", "top", compare))
     results: dict[str, dict[str, Any]] = {}
-    for name, order, f, _ in runs:
-        if order == "full":
-            idx = scores.train_indices
-        else:
-            idx = select_coreset(scores, fraction=f, order=order, seed=recipe.seed)
-            if ddist.is_main():
-                save_indices(out / "indices" / f"{name}.npy", idx)
-        log.info("training %s on %s (%d samples)", arch, name, idx.size)
-        m = train(bundle, out / "runs", arch=arch, recipe=recipe, indices=idx, name=name,
-                  resume=resume, progress=progress)
-        results[name] = {"order": order, "fraction": f, "samples": int(idx.size),
-                         "test_accuracy": m["test_accuracy"], "seconds": m["seconds"]}
-    table = _result_table(results, fractions, compare)
+    for s in range(seeds):
+        seed_recipe = replace(recipe, seed=recipe.seed + s)
+        for name, order, f in runs:
+            if order == "full":
+                idx = scores.train_indices
+            else:
+                idx = select_coreset(scores, fraction=f, order=order, seed=recipe.seed + s)
+                if ddist.is_main() and (s == 0 or order == "random"):
+                    save_indices(out / "indices" / (f"{name}.npy" if order != "random" or s == 0
+                                                    else f"{name}-s{s}.npy"), idx)
+            run_name = name if s == 0 else f"{name}-s{s}"  # seed 0 keeps the old file names
+            log.info("training %s on %s, seed %d (%d samples)", arch, name, seed_recipe.seed, idx.size)
+            m = train(bundle, out / "runs", arch=arch, recipe=seed_recipe, indices=idx,
+                      name=run_name, resume=resume, progress=progress)
+            r = results.setdefault(name, {"order": order, "fraction": f, "samples": int(idx.size),
+                                          "accuracies": [], "seconds": 0.0})
+            r["accuracies"].append(m["test_accuracy"])
+            r["seconds"] += m["seconds"]
+    for r in results.values():
+        acc = np.asarray(r["accuracies"], dtype=np.float64)
+        r["test_accuracy"] = float(acc.mean())
+        r["test_accuracy_std"] = float(acc.std(ddof=1)) if acc.size > 1 else float("nan")
+    table = _result_table(results, fractions, compare, seeds, loss_source)
     if not ddist.is_main():
         return RunResult(out, table, {})
     plot_accuracy_vs_fraction(out / "plots" / "accuracy_vs_fraction.png", results, fractions,
                               title=f"{arch} on {bundle.name}: CLD vs random coresets "
-                                    f"(proxy {proxy_arch})")
+                                    f"(proxy {proxy_arch}, {seeds} seed(s))")
     plot_score_histograms(out / "plots" / "cld_histograms.png", scores.scores, scores.labels,
                           scores.metadata.get("class_names") or None)
     metrics = {"dataset": bundle.name, "fingerprint": bundle.fingerprint, "proxy_arch": proxy_arch,
                "arch": arch, "version": __version__, "fractions": fractions,
-               "compare_fraction": compare, "loss_source": loss_source,
+               "compare_fraction": compare, "loss_source": loss_source, "seeds": seeds,
                "proxy_recipe": asdict(proxy_recipe), "recipe": asdict(recipe),
                "track": track_metrics, "results": results,
                "total_seconds": time.perf_counter() - t0}
@@ -247,19 +262,40 @@ def run(data: DataSpec | None = None, out: str | Path = "cldfast-out", *,
     return RunResult(out, table, metrics)
 
 
+def _pm(r: dict[str, Any]) -> str:
+    """Mean ± std (sample std over seeds) of a result's test accuracy, in %."""
+    if len(r["accuracies"]) < 2:
+        return f"{100 * r['test_accuracy']:.2f} % (1 seed)"
+    return f"{100 * r['test_accuracy']:.2f} ± {100 * r['test_accuracy_std']:.2f} %"
+
+
 def _result_table(results: dict[str, dict[str, Any]], fractions: Sequence[float],
-                  compare: float) -> str:
-    full = results["full"]["test_accuracy"]
-    lines = [f"Full training split ({results['full']['samples']} samples): "
-             f"{100 * full:.2f} % test accuracy", "",
-             "| fraction | samples | CLD (top) | random | CLD - random |", "|---|---|---|---|---|"]
+                  compare: float, seeds: int = 1, loss_source: str = "eval") -> str:
+    full = results["full"]
+    estimator = ("eval mode, the paper's CLD" if loss_source == "eval"
+                 else "train mode, an approximation of the paper's CLD")
+    lines = [f"CLD estimator: {estimator}. Test accuracy, mean ± std over {seeds} retraining "
+             f"seed(s).", "",
+             f"Full training split ({full['samples']} samples): {_pm(full)}", "",
+             "| fraction | samples | CLD (top) | random | CLD - random (per seed) |",
+             "|---|---|---|---|---|"]
+    spreads = []
     for f in fractions:
         top, rnd = results[f"cld_top_{f:g}"], results[f"random_{f:g}"]
-        lines.append(f"| {f:g} | {top['samples']} | {100 * top['test_accuracy']:.2f} % | "
-                     f"{100 * rnd['test_accuracy']:.2f} % | "
-                     f"{100 * (top['test_accuracy'] - rnd['test_accuracy']):+.2f} |")
+        d = [100 * (a - b) for a, b in zip(top["accuracies"], rnd["accuracies"])]
+        spreads += [x for x in (top.get("test_accuracy_std"), rnd.get("test_accuracy_std"))
+                    if x is not None and np.isfinite(x)]
+        lines.append(f"| {f:g} | {top['samples']} | {_pm(top)} | {_pm(rnd)} | "
+                     f"{np.mean(d):+.2f} ({', '.join(f'{x:+.2f}' for x in d)}) |")
     lines += ["", f"Subsets of equal size ({compare:g} of each class):", "",
               "| subset | test accuracy |", "|---|---|"]
     for label, key in (("top CLD", "top"), ("near-zero CLD", "zero"), ("most negative CLD", "bottom")):
-        lines.append(f"| {label} | {100 * results[f'cld_{key}_{compare:g}']['test_accuracy']:.2f} % |")
+        lines.append(f"| {label} | {_pm(results[f'cld_{key}_{compare:g}'])} |")
+    if seeds < 2:
+        lines += ["", "Single seed: differences of about 1 point between runs of the same "
+                  "command are noise here (two runs measured -0.97 .. +0.40 points for CLD - "
+                  "random); use --seeds 2 or more."]
+    elif spreads:
+        lines += ["", f"A difference smaller than the seed spread (std up to "
+                  f"{100 * max(spreads):.2f} points here) is no difference."]
     return "\n".join(lines)

@@ -198,3 +198,19 @@ def test_cli_track_defaults_to_eval_mode(tmp_path):
     assert main(["track", "--dataset", "digits", "--epochs", "3", "--batch-size", "64", "--quiet",
                  "--out", str(tmp_path)]) == 0
     assert load_scores(tmp_path / "scores.npz").metadata["loss_source"] == "eval"
+
+
+def test_run_table_reports_mean_std_and_per_seed_differences():
+    from cldfast.pipeline import _result_table
+
+    acc = {"full": [0.90, 0.92], "cld_top_0.1": [0.80, 0.84], "random_0.1": [0.81, 0.82],
+           "cld_zero_0.1": [0.70, 0.71], "cld_bottom_0.1": [0.60, 0.66]}
+    results = {k: {"samples": 10, "accuracies": v, "test_accuracy": float(np.mean(v)),
+                   "test_accuracy_std": float(np.std(v, ddof=1))} for k, v in acc.items()}
+    table = _result_table(results, [0.1], 0.1, seeds=2, loss_source="eval")
+    assert f"{100 * np.mean(acc['cld_top_0.1']):.2f} ± {100 * np.std(acc['cld_top_0.1'], ddof=1):.2f} %" in table
+    assert "+0.50 (-1.00, +2.00)" in table  # mean and per-seed CLD - random, in points
+    assert "eval mode, the paper's CLD" in table and "2 retraining seed(s)" in table
+    one = {k: {**v, "accuracies": v["accuracies"][:1]} for k, v in results.items()}
+    single = _result_table(one, [0.1], 0.1, seeds=1, loss_source="train")
+    assert "(1 seed)" in single and "noise" in single and "approximation" in single
