@@ -115,10 +115,9 @@ def bench_cpu(n: int, repeats: int, record_batches: int) -> list[dict]:
     # end_epoch(): the O(N) update and the clearing of the epoch buffer, on a full epoch.
     tracker._i32[0].fill_(0)
 
-    def end_kernel():
+    def end_kernel():  # as CLDTracker runs it in one process: the kernel clears the buffer
         fill_epoch()
-        _ops.end_epoch(tracker._labels, history, 0, 1, *state)
-        tracker._epoch.zero_()
+        _ops.end_epoch(tracker._labels, history, 0, 1, *state, clear_epoch=True)
 
     def end_torch():
         fill_epoch()
@@ -182,9 +181,8 @@ def bench_cuda(n: int, repeats: int) -> tuple[list[dict], float]:
             times.append(start.elapsed_time(stop) / 1e3)
         return float(np.median(times[1:]))
 
-    def end_kernel():
-        _ops.end_epoch(tracker._labels, history, 0, 1, *state)
-        tracker._epoch.zero_()
+    def end_kernel():  # as CLDTracker runs it in one process: the kernel clears the buffer
+        _ops.end_epoch(tracker._labels, history, 0, 1, *state, clear_epoch=True)
 
     def end_torch():
         _reference._end_epoch(tracker._labels, history, 0, 1, *state)

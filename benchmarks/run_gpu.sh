@@ -22,7 +22,7 @@ echo "== pytest -m cuda" | tee -a "$out/gpu.log"
 timeout 240 $py -m pytest -q -p no:cacheprovider -m cuda tests 2>&1 | tail -40 | tee -a "$out/gpu.log"
 status=${PIPESTATUS[0]}
 echo "== benchmarks" | tee -a "$out/gpu.log"
-timeout 120 $py benchmarks/bench_update.py --gpu-only --results "$out/RESULTS_gpu.md" 2>&1 | tail -25 | tee -a "$out/gpu.log"
+timeout 120 $py benchmarks/bench_update.py --gpu-only --repeats 9 --results "$out/RESULTS_gpu.md" 2>&1 | tail -25 | tee -a "$out/gpu.log"
 timeout 150 $py benchmarks/bench_scale.py --gpu-only --results "$out/RESULTS_gpu.md" 2>&1 | tail -15 | tee -a "$out/gpu.log"
 timeout 300 $py benchmarks/bench_overhead.py --gpu-only --steps-gpu 60 --results "$out/RESULTS_gpu.md" 2>&1 | tail -30 | tee -a "$out/gpu.log"
 exit "$status"

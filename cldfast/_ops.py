@@ -179,7 +179,8 @@ def ce_backward(logits: torch.Tensor, target: torch.Tensor, lse: torch.Tensor,
 
 def end_epoch(labels: torch.Tensor, val_history: torch.Tensor, history_base: int,
               checkpoint: int, epoch_shard: torch.Tensor, last: torch.Tensor,
-              i32_state: torch.Tensor, acc: torch.Tensor, flags: torch.Tensor) -> None:
+              i32_state: torch.Tensor, acc: torch.Tensor, flags: torch.Tensor,
+              clear_epoch: bool = False) -> None:
     """Close checkpoint ``checkpoint`` for the n samples held here.
 
     labels: [n] int16/int32 column into val_history; val_history: [R, C] float64 with
@@ -187,14 +188,16 @@ def end_epoch(labels: torch.Tensor, val_history: torch.Tensor, history_base: int
     float32 contiguous (this shard's summed losses and counts, chunk >= n); last: [n] float32;
     i32_state: [2, n] int32; acc: [5, n] float32 or float64. Writes the number of samples
     folded to flags[OBSERVED] and the oldest checkpoint any sample still refers to to
-    flags[MIN_LAST_CHECKPOINT] (NO_CHECKPOINT if none). The epoch buffer is not cleared.
+    flags[MIN_LAST_CHECKPOINT] (NO_CHECKPOINT if none). With ``clear_epoch`` the kernel zeroes
+    the slots of ``epoch_shard`` it read (saves a separate pass); otherwise the buffer is left
+    as it was.
     """
     n = last.shape[0]
     flags[OBSERVED] = 0
     flags[MIN_LAST_CHECKPOINT] = NO_CHECKPOINT
     args = (n, labels.data_ptr(), LABEL_CODES[labels.dtype], val_history.data_ptr(),
             val_history.stride(0), int(history_base), int(checkpoint), epoch_shard.data_ptr(),
-            epoch_shard.shape[1], last.data_ptr(), i32_state.data_ptr(), acc.data_ptr(),
+            epoch_shard.shape[1], int(bool(clear_epoch)), last.data_ptr(), i32_state.data_ptr(), acc.data_ptr(),
             ACC_CODES[acc.dtype], flags.data_ptr())
     if _is_cuda(acc):
         _core.cuda_end_epoch(*args, *_stream(acc.device))

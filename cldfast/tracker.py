@@ -462,8 +462,10 @@ class CLDTracker:
             self._val_history = grown
         self._val_history[r] = row
         self._val_trajectory.append(row.to("cpu", copy=True))
+        # In one process the shard is the open-epoch buffer itself: the kernel clears it as it
+        # reads it (one pass over the buffer instead of two).
         _ops.end_epoch(self._labels, self._val_history, self._history_base, t, shard, self._last,
-                       self._i32, self._acc, self._flags)
+                       self._i32, self._acc, self._flags, clear_epoch=not self.distributed)
         observed, oldest = self._flags[[_ops.OBSERVED, _ops.MIN_LAST_CHECKPOINT]].tolist()
         oldest = min(oldest, t)
         if oldest > self._history_base:
@@ -472,13 +474,14 @@ class CLDTracker:
             self._history_base = oldest
         self.nonfinite_train += counts[1]
         self.nonfinite_val += val_nonfinite
-        self._clear_epoch()
+        self._clear_epoch(epoch_buffer=self.distributed)
         self.observed_per_checkpoint.append(int(observed))
         self.checkpoint = t + 1
         return int(observed)
 
-    def _clear_epoch(self) -> None:
-        self._epoch.zero_()
+    def _clear_epoch(self, epoch_buffer: bool = True) -> None:
+        if epoch_buffer:
+            self._epoch.zero_()
         self._flags.zero_()
         self._val_sum.zero_()
         self._val_count.zero_()

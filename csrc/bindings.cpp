@@ -51,12 +51,13 @@ CEBackwardArgs make_ce_backward(uintptr_t logits, int logits_dtype, int64_t logi
 
 EndEpochArgs make_end_epoch(int64_t num_samples, uintptr_t labels, int labels_dtype,
                             uintptr_t val_history, int64_t val_stride, int32_t history_base,
-                            int32_t checkpoint, uintptr_t epoch, int64_t chunk, uintptr_t last,
-                            uintptr_t i32_state, uintptr_t acc, int acc_dtype, uintptr_t flags) {
+                            int32_t checkpoint, uintptr_t epoch, int64_t chunk, int clear_epoch,
+                            uintptr_t last, uintptr_t i32_state, uintptr_t acc, int acc_dtype,
+                            uintptr_t flags) {
   return EndEpochArgs{num_samples, ptr<const void>(labels), labels_dtype,
                       ptr<const double>(val_history), val_stride, history_base, checkpoint,
-                      ptr<const float>(epoch), chunk, ptr<float>(last), ptr<int32_t>(i32_state),
-                      ptr<void>(acc), acc_dtype, ptr<int64_t>(flags)};
+                      ptr<float>(epoch), chunk, clear_epoch, ptr<float>(last),
+                      ptr<int32_t>(i32_state), ptr<void>(acc), acc_dtype, ptr<int64_t>(flags)};
 }
 
 ScoresArgs make_scores(int64_t num_samples, uintptr_t i32_state, uintptr_t acc, int acc_dtype,
@@ -113,11 +114,12 @@ PYBIND11_MODULE(_core, m) {
   }, release);
   m.def("cpu_end_epoch", [](int64_t num_samples, uintptr_t labels, int labels_dtype,
                             uintptr_t val_history, int64_t val_stride, int32_t history_base,
-                            int32_t checkpoint, uintptr_t epoch, int64_t chunk, uintptr_t last,
-                            uintptr_t i32_state, uintptr_t acc, int acc_dtype, uintptr_t flags) {
+                            int32_t checkpoint, uintptr_t epoch, int64_t chunk, int clear_epoch,
+                            uintptr_t last, uintptr_t i32_state, uintptr_t acc, int acc_dtype,
+                            uintptr_t flags) {
     cpu::end_epoch(make_end_epoch(num_samples, labels, labels_dtype, val_history, val_stride,
-                                  history_base, checkpoint, epoch, chunk, last, i32_state, acc,
-                                  acc_dtype, flags));
+                                  history_base, checkpoint, epoch, chunk, clear_epoch, last,
+                                  i32_state, acc, acc_dtype, flags));
   }, release);
   m.def("cpu_scores", [](int64_t num_samples, uintptr_t i32_state, uintptr_t acc, int acc_dtype,
                          uintptr_t out) {
@@ -158,12 +160,12 @@ PYBIND11_MODULE(_core, m) {
   }, release);
   m.def("cuda_end_epoch", [](int64_t num_samples, uintptr_t labels, int labels_dtype,
                              uintptr_t val_history, int64_t val_stride, int32_t history_base,
-                             int32_t checkpoint, uintptr_t epoch, int64_t chunk, uintptr_t last,
-                             uintptr_t i32_state, uintptr_t acc, int acc_dtype, uintptr_t flags,
-                             int device, uintptr_t stream) {
+                             int32_t checkpoint, uintptr_t epoch, int64_t chunk, int clear_epoch,
+                             uintptr_t last, uintptr_t i32_state, uintptr_t acc, int acc_dtype,
+                             uintptr_t flags, int device, uintptr_t stream) {
     cuda::end_epoch(make_end_epoch(num_samples, labels, labels_dtype, val_history, val_stride,
-                                   history_base, checkpoint, epoch, chunk, last, i32_state, acc,
-                                   acc_dtype, flags), device, stream);
+                                   history_base, checkpoint, epoch, chunk, clear_epoch, last,
+                                   i32_state, acc, acc_dtype, flags), device, stream);
   }, release);
   m.def("cuda_scores", [](int64_t num_samples, uintptr_t i32_state, uintptr_t acc,
                           int acc_dtype, uintptr_t out, int device, uintptr_t stream) {

@@ -284,8 +284,8 @@ CLDFAST_HD void welford_pair(Acc x, Acc y, int32_t n, Acc& mx, Acc& my, Acc& m2x
 // Pointers of one end_epoch call, resolved once (n samples owned here).
 template <typename Acc>
 struct EpochState {
-  const float* esum;
-  const float* ecount;
+  float* esum;
+  float* ecount;
   float* last;
   int32_t* tlast;
   int32_t* ndiff;
@@ -297,80 +297,48 @@ struct EpochState {
   int32_t checkpoint;
 };
 
-// Closing checkpoint `checkpoint` for sample i folds the difference between this epoch's
-// mean loss and the one at its last observed checkpoint, paired with the class's validation
-// difference over the same span, adds 1 to `observed` when the sample was seen this epoch and
-// lowers `oldest` to the oldest checkpoint the sample still refers to. It is split in three
-// stages (load what decides the work, load the rest, compute and store) so that the GPU can
-// issue the loads of several samples before it computes any of them; the CPU runs the three
-// stages back to back (end_epoch_element).
-template <typename Acc>
-struct EpochSample {
-  float count, sum, last;
-  int32_t t0, ndiff;
-  int64_t col;
-  Acc mx, my, m2x, m2y, cxy;
-};
-
-template <typename Acc>
-CLDFAST_HD void epoch_load_head(const EpochState<Acc>& s, int64_t i, EpochSample<Acc>& e) {
-  e.count = s.ecount[i];
-  e.t0 = s.tlast[i];
-}
-
+// Closes checkpoint `checkpoint` for sample i: folds the difference between this epoch's mean
+// loss and the one at its last observed checkpoint, paired with the class's validation
+// difference over the same span. Adds 1 to `observed` when the sample was seen this epoch and
+// lowers `oldest` to the oldest checkpoint the sample still refers to. With `clear`, the
+// sample's slots of the epoch buffer are zeroed once read (the buffer is then ready for the
+// next epoch without a separate pass over it).
 template <typename Acc, typename L>
-CLDFAST_HD void epoch_load_body(const EpochState<Acc>& s, const void* labels, int64_t i,
-                                EpochSample<Acc>& e) {
-  if (e.count == 0.0f) return;
-  e.sum = s.esum[i];
-  if (e.t0 < 0) return;
-  const int64_t n = s.n;
-  e.last = s.last[i];
-  e.ndiff = s.ndiff[i];
-  e.col = load_int<L>(labels, i);
-  e.mx = s.acc[kMeanX * n + i];
-  e.my = s.acc[kMeanY * n + i];
-  e.m2x = s.acc[kM2X * n + i];
-  e.m2y = s.acc[kM2Y * n + i];
-  e.cxy = s.acc[kCXY * n + i];
-}
-
-template <typename Acc>
-CLDFAST_HD void epoch_finish(const EpochState<Acc>& s, int64_t i, EpochSample<Acc>& e,
-                             int64_t& observed, int32_t& oldest) {
-  if (e.count == 0.0f) {
-    if (e.t0 >= 0 && e.t0 < oldest) oldest = e.t0;
+CLDFAST_HD void end_epoch_element(const EpochState<Acc>& s, const void* labels, int64_t i,
+                                  bool clear, int64_t& observed, int32_t& oldest) {
+  const float c = s.ecount[i];
+  const int32_t t0 = s.tlast[i];
+  if (c == 0.0f) {
+    if (t0 >= 0 && t0 < oldest) oldest = t0;
     return;
   }
-  const float mean = e.sum / e.count;
-  if (e.t0 >= 0) {
+  const float mean = s.esum[i] / c;
+  if (clear) {
+    s.esum[i] = 0.0f;
+    s.ecount[i] = 0.0f;
+  }
+  if (t0 >= 0) {
+    const int64_t col = load_int<L>(labels, i);
     const double* vnow = s.val_history + static_cast<int64_t>(s.checkpoint - s.history_base) * s.val_stride;
-    const double* vthen = s.val_history + static_cast<int64_t>(e.t0 - s.history_base) * s.val_stride;
-    const Acc dx = static_cast<Acc>(mean) - static_cast<Acc>(e.last);
-    const Acc dy = static_cast<Acc>(vnow[e.col] - vthen[e.col]);
-    const int32_t k = e.ndiff + 1;
-    welford_pair<Acc>(dx, dy, k, e.mx, e.my, e.m2x, e.m2y, e.cxy);
+    const double* vthen = s.val_history + static_cast<int64_t>(t0 - s.history_base) * s.val_stride;
+    const Acc dx = static_cast<Acc>(mean) - static_cast<Acc>(s.last[i]);
+    const Acc dy = static_cast<Acc>(vnow[col] - vthen[col]);
+    const int32_t k = s.ndiff[i] + 1;
     const int64_t n = s.n;
-    s.acc[kMeanX * n + i] = e.mx;
-    s.acc[kMeanY * n + i] = e.my;
-    s.acc[kM2X * n + i] = e.m2x;
-    s.acc[kM2Y * n + i] = e.m2y;
-    s.acc[kCXY * n + i] = e.cxy;
+    Acc mx = s.acc[kMeanX * n + i], my = s.acc[kMeanY * n + i];
+    Acc m2x = s.acc[kM2X * n + i], m2y = s.acc[kM2Y * n + i], cxy = s.acc[kCXY * n + i];
+    welford_pair<Acc>(dx, dy, k, mx, my, m2x, m2y, cxy);
+    s.acc[kMeanX * n + i] = mx;
+    s.acc[kMeanY * n + i] = my;
+    s.acc[kM2X * n + i] = m2x;
+    s.acc[kM2Y * n + i] = m2y;
+    s.acc[kCXY * n + i] = cxy;
     s.ndiff[i] = k;
   }
   s.last[i] = mean;
   s.tlast[i] = s.checkpoint;
   ++observed;
   if (s.checkpoint < oldest) oldest = s.checkpoint;
-}
-
-template <typename Acc, typename L>
-CLDFAST_HD void end_epoch_element(const EpochState<Acc>& s, const void* labels, int64_t i,
-                                  int64_t& observed, int32_t& oldest) {
-  EpochSample<Acc> e;
-  epoch_load_head(s, i, e);
-  epoch_load_body<Acc, L>(s, labels, i, e);
-  epoch_finish(s, i, e, observed, oldest);
 }
 
 // Pearson correlation from the co-moments. Fewer than two pairs: NaN (no score).

@@ -65,8 +65,9 @@ struct EndEpochArgs {
   int64_t val_stride;        // row r holds checkpoint history_base + r
   int32_t history_base;
   int32_t checkpoint;        // the checkpoint being closed (its row must be filled in)
-  const float* epoch;        // [2, chunk] this shard's summed epoch buffer: sums, counts
+  float* epoch;              // [2, chunk] this shard's summed epoch buffer: sums, counts
   int64_t chunk;
+  int clear_epoch;           // nonzero: zero the buffer's slots of the samples read
   float* last;               // [n] epoch mean at the last observed checkpoint
   int32_t* i32_state;        // [2, n]: last observed checkpoint, number of differences
   void* acc;                 // [5, N] float32 or float64 Welford state
