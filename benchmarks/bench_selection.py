@@ -273,7 +273,18 @@ def run_worker(args, worker: str, work: Path, extra: list[str] | None = None) ->
            "--mem-n", str(args.mem_n), "--mem-t", str(args.mem_t), "--mem-q", str(args.mem_q),
            "--mem-classes", str(args.mem_classes), *(extra or [])]
     try:
-        subprocess.run(cmd, check=True)
+        # A failed worker is retried (after a pause) up to twice: on a shared development
+        # machine the native extension may be rebuilt under a running benchmark. Each
+        # worker measures its own wall time, so a retry does not distort the figures.
+        for attempt in range(3):
+            try:
+                subprocess.run(cmd, check=True)
+                break
+            except subprocess.CalledProcessError:
+                if attempt == 2:
+                    raise
+                print(f"selection: worker {worker} failed; retrying in 60 s", flush=True)
+                time.sleep(60)
         return json.loads(Path(json_path).read_text())
     finally:
         os.unlink(json_path)
