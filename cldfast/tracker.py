@@ -36,7 +36,7 @@ from . import _core, _ops
 __all__ = ["CLDTracker", "CLDWarning", "STATE_FORMAT"]
 
 # Version of the state_dict layout; bump when it changes incompatibly.
-STATE_FORMAT = 2
+STATE_FORMAT = 3
 
 _PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
 
@@ -227,8 +227,10 @@ class CLDTracker:
         self._i32[0].fill_(-1)  # last observed checkpoint: never
         self._acc = torch.zeros(5, n, dtype=acc_dtype, device=dev)
         self._flags = torch.zeros(_ops.NUM_FLAGS, dtype=torch.int64, device=dev)
-        self._val_sum = torch.zeros(self.num_classes, dtype=torch.float64, device=dev)
-        self._val_count = torch.zeros(self.num_classes, dtype=torch.int64, device=dev)
+        # Open epoch's validation losses per validation sample: [2, Q] float64 sums and counts
+        # of finite losses. A sample recorded several times (DistributedSampler padding, or two
+        # ranks evaluating it) contributes the mean of its losses once, as training samples do.
+        self._val_samples = torch.zeros(2, self.num_val, dtype=torch.float64, device=dev)
         self._val_nonfinite = torch.zeros((), dtype=torch.int64, device=dev)
         # Validation loss per class at the checkpoints some sample may still be paired with:
         # row r holds checkpoint _history_base + r. Rows no sample refers to are dropped, so
@@ -346,8 +348,11 @@ class CLDTracker:
                 and counted in ``nonfinite_val``.
             indices: optional [B] int positions in the validation set.
 
-        Each class's checkpoint value is the mean of the finite losses recorded for it
-        (summed over all ranks under torch.distributed, so ranks may split V between them).
+        Each class's checkpoint value is the mean, over its validation samples with a finite
+        loss this epoch, of each sample's mean loss. Under torch.distributed the losses of all
+        ranks are combined, so ranks may split V between them; a sample recorded several times
+        (on one rank or several, e.g. DistributedSampler padding) counts once, with the mean of
+        its losses.
         """
         self._check_open("record_validation()")
         _check_1d("val losses", losses)
@@ -358,7 +363,7 @@ class CLDTracker:
             if losses.shape[0] != self.num_val:
                 raise ValueError(f"record_validation got {losses.shape[0]} losses without indices; "
                                  f"expected all {self.num_val} validation samples, or pass indices")
-            cls = self._val_labels.long()
+            pos = None
         else:
             idx = torch.as_tensor(indices)
             if idx.dtype not in _ops.INDEX_CODES or idx.dim() != 1:
@@ -369,11 +374,16 @@ class CLDTracker:
             if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_val):
                 bad = idx[(idx < 0) | (idx >= self.num_val)][0]
                 raise IndexError(f"val index {int(bad)} is out of range [0, {self.num_val})")
-            cls = self._val_labels[idx.to(self.device).long()].long()
+            pos = idx.to(self.device).long()
         finite = torch.isfinite(losses)
         self._val_nonfinite += (~finite).sum()
-        self._val_sum.index_add_(0, cls, torch.where(finite, losses, torch.zeros_like(losses)))
-        self._val_count.index_add_(0, cls, finite.to(torch.int64))
+        values = torch.where(finite, losses, torch.zeros_like(losses))
+        if pos is None:
+            self._val_samples[0] += values
+            self._val_samples[1] += finite.to(torch.float64)
+        else:
+            self._val_samples[0].index_add_(0, pos, values)
+            self._val_samples[1].index_add_(0, pos, finite.to(torch.float64))
         self._val_recorded = True
 
     # ------------------------------------------------------------------ epochs
@@ -381,15 +391,15 @@ class CLDTracker:
         """Counters and validation sums of the open epoch, summed over all ranks (one small
         all-reduce). Returns (flag counts, val_sum, val_count, val_nonfinite); nothing is
         changed."""
-        c = self.num_classes
+        q = self.num_val
         slots = [_ops.BAD_INDEX_COUNT, _ops.NON_FINITE, _ops.BAD_TARGET_COUNT]
-        packed = torch.cat([self._val_sum, self._val_count.double(),
+        packed = torch.cat([self._val_samples.reshape(-1),
                             self._flags[slots].double(), self._val_nonfinite.double().reshape(1),
                             torch.tensor([float(self._recorded), float(self._val_recorded)],
                                          dtype=torch.float64, device=self.device)])
         if self.distributed:
             dist.all_reduce(packed, group=self._group)
-        host = packed[2 * c:].tolist()  # the one host synchronisation per epoch
+        host = packed[2 * q:].tolist()  # the one host synchronisation per epoch
         counts = [int(v) for v in host[:3]]
         recorded, val_recorded = host[4] > 0, host[5] > 0
         if not recorded:
@@ -398,7 +408,14 @@ class CLDTracker:
         if not val_recorded:
             raise RuntimeError("end_epoch() needs this epoch's validation losses: call "
                                "record_validation() before end_epoch()")
-        return counts, packed[:c], packed[c:2 * c], int(host[3])
+        sums, seen = packed[:q], packed[q:2 * q]
+        has = seen > 0
+        cls = self._val_labels.long()
+        val_sum = torch.zeros(self.num_classes, dtype=torch.float64, device=self.device)
+        val_sum.index_add_(0, cls, torch.where(has, sums / seen.clamp_min(1), torch.zeros_like(sums)))
+        val_count = torch.zeros(self.num_classes, dtype=torch.int64, device=self.device)
+        val_count.index_add_(0, cls, has.to(torch.int64))
+        return counts, val_sum, val_count, int(host[3])
 
     def _raise_flagged(self, counts: list[int]) -> None:
         if not (counts[0] or counts[2]):
@@ -483,8 +500,7 @@ class CLDTracker:
         if epoch_buffer:
             self._epoch.zero_()
         self._flags.zero_()
-        self._val_sum.zero_()
-        self._val_count.zero_()
+        self._val_samples.zero_()
         self._val_nonfinite.zero_()
         self._recorded = False
         self._val_recorded = False
@@ -540,7 +556,7 @@ class CLDTracker:
         """Bytes held by this process's buffers (epoch buffer, shard state, labels,
         validation state and the host copy of the validation trajectory)."""
         tensors = [self._labels, self._val_labels, self._val_has_class, self._epoch, self._last,
-                   self._i32, self._acc, self._flags, self._val_sum, self._val_count,
+                   self._i32, self._acc, self._flags, self._val_samples,
                    self._val_history, *self._val_trajectory, *self._staging.values()]
         if self._shard is not None:
             tensors.append(self._shard)
@@ -594,8 +610,7 @@ class CLDTracker:
             "last": self._last.cpu().clone(),
             "i32_state": self._i32.cpu().clone(),
             "acc": self._acc.cpu().clone(),
-            "val_sum": self._val_sum.cpu().clone(),
-            "val_count": self._val_count.cpu().clone(),
+            "val_samples": self._val_samples.cpu().clone(),
             "val_nonfinite": int(self._val_nonfinite),
             "history_base": self._history_base,
             "val_history": self._val_history[: self.checkpoint - self._history_base].cpu().clone(),
@@ -612,7 +627,7 @@ class CLDTracker:
                              f"{state.get('version', '?')}); this cldfast reads format {STATE_FORMAT}")
         required = ("format", "num_samples", "num_classes", "per_class", "precision", "world_size",
                     "rank", "checkpoint", "train_labels_sha256", "val_labels", "epoch", "flags",
-                    "last", "i32_state", "acc", "val_sum", "val_count", "history_base", "val_history")
+                    "last", "i32_state", "acc", "val_samples", "history_base", "val_history")
         missing = [k for k in required if k not in state]
         if missing:
             raise KeyError(f"tracker state is missing {missing}; is it a CLDTracker.state_dict()?")
@@ -637,8 +652,7 @@ class CLDTracker:
                   "flags": ((_ops.NUM_FLAGS,), torch.int64),
                   "last": ((n,), torch.float32), "i32_state": ((2, n), torch.int32),
                   "acc": ((5, n), _PRECISIONS[self.precision]),
-                  "val_sum": ((self.num_classes,), torch.float64),
-                  "val_count": ((self.num_classes,), torch.int64),
+                  "val_samples": ((2, self.num_val), torch.float64),
                   "val_history": ((t - base, self.num_classes), torch.float64)}
         for key, (shape, dtype) in shapes.items():
             v = state[key]
@@ -657,8 +671,7 @@ class CLDTracker:
         self._last.copy_(state["last"])
         self._i32.copy_(state["i32_state"])
         self._acc.copy_(state["acc"])
-        self._val_sum.copy_(state["val_sum"])
-        self._val_count.copy_(state["val_count"])
+        self._val_samples.copy_(state["val_samples"])
         self._val_nonfinite.fill_(int(state.get("val_nonfinite", 0)))
         self._val_history = torch.zeros(max(4, t - base), self.num_classes, dtype=torch.float64,
                                         device=dev)

@@ -54,8 +54,17 @@ def _worker(rank: int, world: int, port: int, out_dir: str, mode: str) -> None:
             positions = torch.tensor(list(iter(sampler)))
             for batch in positions.split(8):
                 tracker.record(batch, torch.from_numpy(train[t][batch.numpy()]))
-            mine = torch.arange(rank, Q, world)  # ranks split V without repeats
-            tracker.record_validation(torch.from_numpy(val[t][mine.numpy()]), mine)
+            if mode == "padded_val":
+                # V through a DistributedSampler too: Q = 17 is padded with repeats of the
+                # first samples, which must count once each, as in one process.
+                val_sampler = DistributedSampler(range(Q), num_replicas=world, rank=rank,
+                                                 shuffle=False)
+                mine = torch.tensor(list(iter(val_sampler)))
+                for part in mine.split(5):
+                    tracker.record_validation(torch.from_numpy(val[t][part.numpy()]), part)
+            else:
+                mine = torch.arange(rank, Q, world)  # ranks split V without repeats
+                tracker.record_validation(torch.from_numpy(val[t][mine.numpy()]), mine)
             if mode == "resume" and t == 2:
                 state = tracker.state_dict()
                 tracker = CLDTracker(labels, val_labels)
@@ -84,7 +93,7 @@ def single_process_scores():
 
 
 @pytest.mark.parametrize("world", [2, 3])
-@pytest.mark.parametrize("mode", ["plain", "resume"])
+@pytest.mark.parametrize("mode", ["plain", "resume", "padded_val"])
 def test_distributed_matches_single_process(tmp_path, world, mode):
     mp.spawn(_worker, args=(world, free_port(), str(tmp_path), mode), nprocs=world, join=True)
     want, single_bytes = single_process_scores()
@@ -122,6 +131,25 @@ def _duplicate_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         np.save(os.path.join(out_dir, f"dup{rank}.npy"), tracker.scores().numpy())
     finally:
         dist.destroy_process_group()
+
+
+def test_validation_sample_recorded_twice_counts_once():
+    """One process: a validation sample recorded twice contributes the mean of its losses
+    once to its class's mean (the numpy reference averages per sample, then per class)."""
+    val_labels = np.array([0, 0, 1])
+    tracker = CLDTracker([0, 1, 0, 1], val_labels, distributed=False)
+    rng = np.random.default_rng(3)
+    per_epoch = []
+    for t in range(5):
+        tracker.record(torch.arange(4), torch.from_numpy(rng.gamma(2.0, 1.0, 4)).float())
+        first = rng.gamma(2.0, 1.0, 3)
+        again = rng.gamma(2.0, 1.0)  # sample 0 a second time, with another loss
+        tracker.record_validation(torch.from_numpy(first))
+        tracker.record_validation(torch.tensor([again], dtype=torch.float64), torch.tensor([0]))
+        sample_mean = np.array([(first[0] + again) / 2, first[1], first[2]])
+        per_epoch.append([sample_mean[val_labels == c].mean() for c in (0, 1)])
+        tracker.end_epoch()
+    np.testing.assert_allclose(tracker.val_trajectory.numpy(), np.array(per_epoch), rtol=1e-12)
 
 
 def test_padded_sample_seen_twice_is_averaged(tmp_path):
