@@ -13,6 +13,7 @@ from typing import Any
 
 from . import _core
 from ._core import __version__
+from .ids import IdMap
 from .offline import AuthorsLosses, cld_from_trajectories, read_authors_pickle
 from .selection import ccs_select, select
 from .tracker import CLDTracker, CLDWarning
@@ -22,6 +23,7 @@ __all__ = [
     "AuthorsLosses",
     "CLDTracker",
     "CLDWarning",
+    "IdMap",
     "build_info",
     "cld_from_trajectories",
     "read_authors_pickle",

@@ -250,9 +250,18 @@ class CLDTracker:
     # ------------------------------------------------------------------ recording
     def _index_tensor(self, indices: Any, name: str = "indices") -> torch.Tensor:
         if not isinstance(indices, torch.Tensor):
-            indices = torch.as_tensor(np.asarray(indices))
+            arr = np.asarray(indices)
+            if arr.dtype.kind not in "iu":
+                example = arr.reshape(-1)[0] if arr.size else None
+                raise TypeError(
+                    f"{name} must be integer positions in the training split (0..N-1); got "
+                    f"{arr.dtype} values such as {example!r}. To use your own sample ids, map "
+                    "them with cldfast.IdMap(all_ids).positions(batch_ids)")
+            indices = torch.from_numpy(np.ascontiguousarray(arr)).to(torch.int64)
         if indices.dtype not in _ops.INDEX_CODES:
-            raise TypeError(f"{name} must be an int64 or int32 tensor; got {indices.dtype}")
+            raise TypeError(f"{name} must be an int64 or int32 tensor of positions in the "
+                            f"training split; got {indices.dtype} (use .long(), or "
+                            "cldfast.IdMap for your own ids)")
         if indices.dim() != 1:
             raise ValueError(f"{name} must be 1-D [batch]; got shape {tuple(indices.shape)}")
         if indices.device != self.device:
@@ -542,6 +551,56 @@ class CLDTracker:
     def num_differences(self, gather: str | None = "all") -> torch.Tensor | None:
         """[N] int32: loss differences folded in per sample (``gather`` as for :meth:`scores`)."""
         return self._gather(self._i32[1].clone(), gather)
+
+    def save(self, path: Any, *, train_indices: Any = None, val_indices: Any = None,
+             metadata: Mapping[str, Any] | None = None,
+             extra: Mapping[str, Any] | None = None) -> Any:
+        """Write the scores to ``path`` as the scores file that ``cldfast select`` and
+        ``cldfast export`` read (a .npz, written atomically).
+
+        Args:
+            train_indices: [N] original dataset index of each training position (default:
+                the positions themselves, i.e. the training split is the whole dataset).
+            val_indices: [Q] original dataset indices of the validation samples (default:
+                unknown, stored as -1).
+            metadata: extra JSON-serialisable facts to store (dataset name, model, the loss
+                source: "eval" for the paper's estimator, "train" for the approximation...).
+            extra: further named [N] arrays (e.g. other per-sample scores).
+
+        Under torch.distributed every rank must call it; rank 0 writes and returns the path,
+        the others return None. The number of differences each score rests on is stored as
+        the extra array ``num_differences``.
+        """
+        from . import io as _io  # the file format lives with the other readers and writers
+
+        scores = self.scores(gather="rank0" if self.distributed else "all")
+        ndiff = self.num_differences(gather="rank0" if self.distributed else "all")
+        labels = self._gather(self._labels.to(torch.int32), "rank0" if self.distributed else "all")
+        if self.distributed and self.rank != 0:
+            return None
+        n = self.num_samples
+        tr = np.arange(n) if train_indices is None else np.asarray(train_indices)
+        if tr.shape != (n,) or tr.dtype.kind not in "iu":
+            raise ValueError(f"train_indices must be {n} integers (one per training position); "
+                             f"got shape {tr.shape} and dtype {tr.dtype}")
+        va = np.full(self.num_val, -1) if val_indices is None else np.asarray(val_indices)
+        if va.shape != (self.num_val,) or va.dtype.kind not in "iu":
+            raise ValueError(f"val_indices must be {self.num_val} integers; got shape {va.shape} "
+                             f"and dtype {va.dtype}")
+        arrays = {"num_differences": ndiff.cpu().numpy().astype(np.int64)}
+        for key, value in (extra or {}).items():
+            arr = np.asarray(value)
+            if arr.shape != (n,):
+                raise ValueError(f"extra[{key!r}] has shape {arr.shape}; expected ({n},)")
+            arrays[key] = arr
+        meta = {"source": "CLDTracker.save", "checkpoints": self.checkpoint,
+                "per_class": self.per_class, "precision": self.precision,
+                "version": _core.__version__, "num_classes": self.num_classes,
+                "nonfinite_train_losses": self.nonfinite_train,
+                "nonfinite_val_losses": self.nonfinite_val, **dict(metadata or {})}
+        return _io.save_scores(path, _io.ScoresFile(
+            scores.cpu().numpy().astype(np.float64), labels.cpu().numpy().astype(np.int64),
+            tr.astype(np.int64), va.astype(np.int64), meta, arrays))
 
     @property
     def val_trajectory(self) -> torch.Tensor:

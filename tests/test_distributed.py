@@ -78,6 +78,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str, mode: str) -> None:
         else:
             assert rank0 is None
         np.save(os.path.join(out_dir, f"bytes{rank}.npy"), np.array([tracker.nbytes]))
+        saved = tracker.save(os.path.join(out_dir, "saved.npz"))  # every rank calls, rank 0 writes
+        assert (saved is None) == (rank != 0)
     finally:
         dist.destroy_process_group()
 
@@ -107,6 +109,11 @@ def test_distributed_matches_single_process(tmp_path, world, mode):
         per_rank = int(np.load(tmp_path / f"bytes{rank}.npy")[0])
         assert per_rank < single_bytes  # the co-moment state is sharded
     np.testing.assert_array_equal(np.load(tmp_path / "rank0.npy"), np.load(tmp_path / "scores0.npy"))
+    from cldfast.io import load_scores
+
+    saved = load_scores(tmp_path / "saved.npz")
+    np.testing.assert_array_equal(saved.scores, np.load(tmp_path / "scores0.npy"))
+    np.testing.assert_array_equal(saved.labels, labels)
 
 
 DUP_RANK0 = [0.0, 4.0, 1.0, 9.0, 2.0]  # sample 0's loss as rank 0 sees it, per epoch

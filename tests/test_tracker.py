@@ -391,3 +391,64 @@ def test_finished_tracker_refuses_more_records():
     torch.testing.assert_close(tracker.scores(), before, equal_nan=True)
     with pytest.raises(ValueError, match="num_checkpoints must be >= 1"):
         CLDTracker([0], [0], num_checkpoints=0)
+
+
+def _small_run(tracker, n, epochs=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        tracker.record(torch.arange(n), torch.rand(n, generator=g, dtype=torch.float64))
+        tracker.record_validation(torch.rand(tracker.num_val, generator=g, dtype=torch.float64))
+        tracker.end_epoch()
+
+
+def test_save_writes_the_scores_file_that_select_reads(tmp_path):
+    import subprocess
+    import sys
+
+    from cldfast import select
+    from cldfast.io import load_scores
+
+    n = 60
+    labels = np.arange(n) % 3
+    tracker = CLDTracker(labels, [0, 1, 2, 0, 1, 2])
+    _small_run(tracker, n)
+    dataset_index = np.arange(n) * 2 + 7  # the training split is part of a larger dataset
+    path = tracker.save(tmp_path / "scores.npz", train_indices=dataset_index,
+                        metadata={"loss_source": "eval"}, extra={"my_score": np.arange(n) * 0.5})
+    sf = load_scores(path)
+    np.testing.assert_array_equal(sf.scores, tracker.scores().numpy())
+    np.testing.assert_array_equal(sf.labels, labels)
+    np.testing.assert_array_equal(sf.train_indices, dataset_index)
+    np.testing.assert_array_equal(sf.extra["num_differences"], tracker.num_differences().numpy())
+    np.testing.assert_array_equal(sf.extra["my_score"], np.arange(n) * 0.5)
+    assert sf.metadata["loss_source"] == "eval" and sf.metadata["checkpoints"] == 4
+    want = select(tracker.scores().numpy(), labels, fraction=0.2, dataset_indices=dataset_index)
+    out = tmp_path / "idx.npy"
+    subprocess.run([sys.executable, "-m", "cldfast.cli", "select", str(path), "--fraction", "0.2",
+                    "--output", str(out)], check=True, cwd=tmp_path, capture_output=True)
+    np.testing.assert_array_equal(np.sort(np.load(out)), np.sort(want))
+    with pytest.raises(ValueError, match="train_indices must be 60 integers"):
+        tracker.save(tmp_path / "bad.npz", train_indices=np.arange(59))
+    assert not (tmp_path / "bad.npz").exists()
+
+
+def test_string_ids_get_a_clear_error_and_idmap_maps_them():
+    from cldfast import IdMap
+
+    files = [f"img_{i:03d}.jpg" for i in range(10)]
+    tracker = CLDTracker(np.arange(10) % 2, [0, 1])
+    with pytest.raises(TypeError, match="IdMap"):
+        tracker.record(["img_001.jpg", "img_002.jpg"], torch.ones(2))
+    with pytest.raises(TypeError, match="training split"):
+        tracker.record(torch.tensor([1.0, 2.0]), torch.ones(2))
+    ids = IdMap(files)
+    pos = ids.positions(["img_003.jpg", "img_000.jpg"])
+    assert pos.tolist() == [3, 0] and pos.dtype == torch.int64
+    tracker.record(pos, torch.ones(2))
+    assert ids.ids_of(np.array([9, 3])) == ["img_009.jpg", "img_003.jpg"]
+    with pytest.raises(KeyError, match="img_999"):
+        ids.positions(["img_999.jpg"])
+    with pytest.raises(ValueError, match="unique"):
+        IdMap(["a", "b", "a"])
+    with pytest.raises(IndexError, match=r"\[0, 10\)"):
+        ids.ids_of([10])
