@@ -2,8 +2,8 @@
 
 The tracker folds every per-sample loss into Welford co-moment state as training runs, so the
 CLD score of every training sample is ready when training ends, in O(N) memory that does not
-grow with the number of epochs. See ``shared/SPEC.md`` (summarised in the README) for the
-exact definition and observation rules.
+grow with the number of epochs. ``docs/method.md`` in the project states the exact definition
+and the observation rules.
 
 Memory per training sample (``precision="float64"``, the default): the open epoch's loss
 sum and observation count (float32, 8 B), five float64 co-moments (40 B), the previous
