@@ -346,6 +346,10 @@ class CLDTracker:
         if logits.shape[1] > 0 and logits.stride(1) != 1:
             logits = logits.contiguous()
         self._recorded = True
+        if not (logits.requires_grad and torch.is_grad_enabled()):
+            # No graph to build (an eval pass): skip the autograd machinery.
+            return _ops.record_ce(index, logits, targets, self._epoch, self.num_samples,
+                                  self._flags)[0]
         return _FusedCrossEntropy.apply(logits, targets, index, self)
 
     def record_validation(self, losses: torch.Tensor, indices: Any = None) -> None:
