@@ -16,6 +16,7 @@ from ._core import __version__
 from .ids import IdMap
 from .offline import AuthorsLosses, cld_from_trajectories, read_authors_pickle
 from .selection import ccs_select, select
+from .threads import check_cpu_contention, set_threads
 from .tracker import CLDTracker, CLDWarning
 
 __all__ = [
@@ -29,6 +30,8 @@ __all__ = [
     "read_authors_pickle",
     "select",
     "ccs_select",
+    "check_cpu_contention",
+    "set_threads",
 ]
 
 

@@ -85,6 +85,7 @@ PYBIND11_MODULE(_core, m) {
 #endif
   m.attr("num_flags") = static_cast<int>(kNumFlags);
   m.def("cpu_num_threads", &cpu::num_threads, "OpenMP threads the CPU kernels use (1 without OpenMP)");
+  m.def("cpu_set_num_threads", &cpu::set_num_threads, "set the OpenMP threads of the CPU kernels");
 
   const auto release = py::call_guard<py::gil_scoped_release>();
   m.def("cpu_record", [](uintptr_t index, int index_dtype, int64_t index_stride, uintptr_t loss,

@@ -452,3 +452,25 @@ def test_string_ids_get_a_clear_error_and_idmap_maps_them():
         IdMap(["a", "b", "a"])
     with pytest.raises(IndexError, match=r"\[0, 10\)"):
         ids.ids_of([10])
+
+
+def test_set_threads_reaches_torch_and_the_kernels(monkeypatch):
+    import cldfast
+
+    before = torch.get_num_threads()
+    try:
+        cldfast.set_threads(1)
+        assert torch.get_num_threads() == 1
+        assert cldfast.build_info()["cpu_threads"] == 1
+    finally:
+        cldfast.set_threads(before)
+    for bad in (0, -2, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="threads must be an integer >= 1"):
+            cldfast.set_threads(bad)
+    monkeypatch.setattr("os.getloadavg", lambda: (3.0, 3.0, 3.0))
+    monkeypatch.setattr("cldfast.threads.available_cores", lambda: 2)
+    with pytest.warns(RuntimeWarning, match="--threads 1"):
+        assert cldfast.check_cpu_contention(2) is not None
+    assert cldfast.check_cpu_contention(1) is None
+    monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert cldfast.check_cpu_contention(2) is None

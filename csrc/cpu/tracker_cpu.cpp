@@ -206,5 +206,13 @@ int num_threads() {
 #endif
 }
 
+void set_num_threads(int n) {
+#ifdef CLDFAST_WITH_OPENMP
+  if (n >= 1) omp_set_num_threads(n);
+#else
+  (void)n;
+#endif
+}
+
 }  // namespace cpu
 }  // namespace cldfast

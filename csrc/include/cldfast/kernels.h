@@ -90,6 +90,7 @@ void end_epoch(const EndEpochArgs& a);
 void scores(const ScoresArgs& a);
 void ce_backward(const CEBackwardArgs& a);
 int num_threads();
+void set_num_threads(int n);
 }  // namespace cpu
 
 // Each CUDA entry point launches on `stream`, which belongs to device `device`; the launch is
