@@ -143,8 +143,7 @@ void end_epoch_impl(const EndEpochArgs& a) {
   int32_t oldest = INT32_MAX;
 #pragma omp parallel for schedule(static) reduction(+ : observed) reduction(min : oldest)
   for (int64_t i = 0; i < n; ++i) {
-    end_epoch_element<Acc, L, /*kEager=*/true>(s, a.labels, i, a.clear_epoch != 0, observed,
-                                               oldest);
+    end_epoch_element<Acc, L>(s, a.labels, i, a.clear_epoch != 0, observed, oldest);
   }
   a.flags[kObserved] = observed;
   a.flags[kMinLastCheckpoint] = oldest;

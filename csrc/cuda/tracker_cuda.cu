@@ -181,7 +181,7 @@ __global__ void __launch_bounds__(kThreads, 4) end_epoch_kernel(EndEpochArgs a) 
   const bool clear = a.clear_epoch != 0;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    end_epoch_element<Acc, L, /*kEager=*/true>(s, a.labels, i, clear, observed, oldest);
+    end_epoch_element<Acc, L>(s, a.labels, i, clear, observed, oldest);
   }
   __shared__ long long warp_observed[kThreads / kWarp];
   __shared__ int32_t warp_oldest[kThreads / kWarp];

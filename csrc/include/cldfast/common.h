@@ -303,51 +303,32 @@ struct EpochState {
 // lowers `oldest` to the oldest checkpoint the sample still refers to. With `clear`, the
 // sample's slots of the epoch buffer are zeroed once read (the buffer is then ready for the
 // next epoch without a separate pass over it).
-template <typename Acc, typename L, bool kEager = false>
+template <typename Acc, typename L>
 CLDFAST_HD void end_epoch_element(const EpochState<Acc>& s, const void* labels, int64_t i,
                                   bool clear, int64_t& observed, int32_t& oldest) {
   const int64_t n = s.n;
+  // Every load is issued before the branch: one round of memory latency instead of two (on
+  // the GPU, 59-60 % of copy bandwidth instead of 54 % with the same registers). The values
+  // an unobserved sample does not need are read for nothing, which costs nothing in the usual
+  // epoch where every sample was observed.
   const float c = s.ecount[i];
   const int32_t t0 = s.tlast[i];
-  // kEager issues every load before the branch (one round of memory latency instead of two;
-  // the loads a sample does not need are wasted, which costs nothing when every sample was
-  // observed, the usual case).
-  float sum = 0.0f, prev = 0.0f;
-  int32_t nd = 0;
-  int64_t col = 0;
-  Acc mx = 0, my = 0, m2x = 0, m2y = 0, cxy = 0;
-  if (kEager) {
-    sum = s.esum[i];
-    prev = s.last[i];
-    nd = s.ndiff[i];
-    col = load_int<L>(labels, i);
-    mx = s.acc[kMeanX * n + i];
-    my = s.acc[kMeanY * n + i];
-    m2x = s.acc[kM2X * n + i];
-    m2y = s.acc[kM2Y * n + i];
-    cxy = s.acc[kCXY * n + i];
-  }
+  const float sum = s.esum[i];
+  const float prev = s.last[i];
+  const int32_t nd = s.ndiff[i];
+  const int64_t col = load_int<L>(labels, i);
+  Acc mx = s.acc[kMeanX * n + i], my = s.acc[kMeanY * n + i];
+  Acc m2x = s.acc[kM2X * n + i], m2y = s.acc[kM2Y * n + i], cxy = s.acc[kCXY * n + i];
   if (c == 0.0f) {
     if (t0 >= 0 && t0 < oldest) oldest = t0;
     return;
   }
-  if (!kEager) sum = s.esum[i];
   const float mean = sum / c;
   if (clear) {
     s.esum[i] = 0.0f;
     s.ecount[i] = 0.0f;
   }
   if (t0 >= 0) {
-    if (!kEager) {
-      prev = s.last[i];
-      nd = s.ndiff[i];
-      col = load_int<L>(labels, i);
-      mx = s.acc[kMeanX * n + i];
-      my = s.acc[kMeanY * n + i];
-      m2x = s.acc[kM2X * n + i];
-      m2y = s.acc[kM2Y * n + i];
-      cxy = s.acc[kCXY * n + i];
-    }
     const double* vnow = s.val_history + static_cast<int64_t>(s.checkpoint - s.history_base) * s.val_stride;
     const double* vthen = s.val_history + static_cast<int64_t>(t0 - s.history_base) * s.val_stride;
     const Acc dx = static_cast<Acc>(mean) - static_cast<Acc>(prev);
