@@ -45,8 +45,12 @@ def cuda_compatibility(runtime: int, driver: int) -> tuple[bool, str]:
         return False, (f"cldfast's CUDA kernels were built with CUDA {_version_str(runtime)}; "
                        "no NVIDIA driver was found")
     if driver // 1000 >= runtime // 1000:
+        caveat = ("" if driver >= runtime else
+                  "; the driver is older than the toolkit's minor version, which is enough for "
+                  "the compiled architectures but not for compiling PTX for a newer GPU at run "
+                  "time (build for your GPU's architecture with CMAKE_CUDA_ARCHITECTURES)")
         return True, (f"cldfast's CUDA kernels (CUDA {_version_str(runtime)}) run on this driver "
-                      f"(CUDA {_version_str(driver)})")
+                      f"(CUDA {_version_str(driver)}){caveat}")
     return False, (
         f"cldfast's CUDA kernels were built with CUDA {_version_str(runtime)}, but the installed "
         f"NVIDIA driver supports only CUDA {_version_str(driver)} (torch was built for CUDA "
@@ -100,13 +104,25 @@ _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 
 
 def _stream(device: torch.device) -> tuple[int, int]:
-    """(device index, raw stream) for a launch: the kernels make the device current."""
+    """(device index, raw stream) for a launch on ``device``'s current stream."""
     if not _WITH_CUDA:
         _require_cuda_build(device)
     index = device.index if device.index is not None else torch.cuda.current_device()
     if _raw_stream is not None:
         return index, _raw_stream(index)
     return index, torch.cuda.current_stream(index).cuda_stream
+
+
+def _launch(fn, args: tuple, device: torch.device) -> None:
+    """Run the CUDA entry point ``fn`` on ``device``. When another device is current, torch's
+    device guard makes ``device`` current for the call (and restores the caller's device
+    without creating a context on it)."""
+    index, stream = _stream(device)
+    if index == torch.cuda.current_device():
+        fn(*args, index, stream)
+    else:
+        with torch.cuda.device(index):
+            fn(*args, index, stream)
 
 
 def _is_cuda(t: torch.Tensor) -> bool:
@@ -124,7 +140,7 @@ def record(index: torch.Tensor, loss: torch.Tensor, epoch: torch.Tensor, num_sam
             FLOAT_CODES[loss.dtype], loss.stride(0), loss.shape[0], epoch.data_ptr(),
             epoch.shape[2], int(num_samples), flags.data_ptr())
     if _is_cuda(epoch):
-        _core.cuda_record(*args, *_stream(epoch.device))
+        _launch(_core.cuda_record, args, epoch.device)
     else:
         _core.cpu_record(*args)
 
@@ -151,7 +167,7 @@ def record_ce(index: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, e
             INDEX_CODES[target.dtype], target.stride(0), batch, classes, out.data_ptr(),
             lse.data_ptr(), epoch.data_ptr(), epoch.shape[2], int(num_samples), flags.data_ptr())
     if _is_cuda(epoch):
-        _core.cuda_record_ce(*args, *_stream(epoch.device))
+        _launch(_core.cuda_record_ce, args, epoch.device)
     else:
         _core.cpu_record_ce(*args)
     return out, lse
@@ -171,7 +187,7 @@ def ce_backward(logits: torch.Tensor, target: torch.Tensor, lse: torch.Tensor,
             INDEX_CODES[target.dtype], target.stride(0), lse.data_ptr(), grad_loss.data_ptr(),
             grad_loss.stride(0), batch, classes, grad.data_ptr())
     if _is_cuda(logits):
-        _core.cuda_ce_backward(*args, *_stream(logits.device))
+        _launch(_core.cuda_ce_backward, args, logits.device)
     else:
         _core.cpu_ce_backward(*args)
     return grad
@@ -200,7 +216,7 @@ def end_epoch(labels: torch.Tensor, val_history: torch.Tensor, history_base: int
             epoch_shard.shape[1], int(bool(clear_epoch)), last.data_ptr(), i32_state.data_ptr(), acc.data_ptr(),
             ACC_CODES[acc.dtype], flags.data_ptr())
     if _is_cuda(acc):
-        _core.cuda_end_epoch(*args, *_stream(acc.device))
+        _launch(_core.cuda_end_epoch, args, acc.device)
     else:
         _core.cpu_end_epoch(*args)
 
@@ -214,7 +230,7 @@ def scores(i32_state: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
     out = torch.empty(n, dtype=acc.dtype, device=acc.device)
     args = (n, i32_state.data_ptr(), acc.data_ptr(), ACC_CODES[acc.dtype], out.data_ptr())
     if _is_cuda(acc):
-        _core.cuda_scores(*args, *_stream(acc.device))
+        _launch(_core.cuda_scores, args, acc.device)
     else:
         _core.cpu_scores(*args)
     return out

@@ -106,6 +106,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         logits, targets, lse = ctx.saved_tensors
         grad = _ops.ce_backward(logits, targets, lse, grad_out)
@@ -251,6 +252,8 @@ class CLDTracker:
     def _index_tensor(self, indices: Any, name: str = "indices") -> torch.Tensor:
         if not isinstance(indices, torch.Tensor):
             arr = np.asarray(indices)
+            if arr.size == 0:
+                arr = arr.astype(np.int64)  # an empty list has no integer dtype of its own
             if arr.dtype.kind not in "iu":
                 example = arr.reshape(-1)[0] if arr.size else None
                 raise TypeError(

@@ -474,3 +474,13 @@ def test_set_threads_reaches_torch_and_the_kernels(monkeypatch):
     assert cldfast.check_cpu_contention(1) is None
     monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
     assert cldfast.check_cpu_contention(2) is None
+
+
+def test_empty_index_list_and_double_backward():
+    tracker = CLDTracker(np.arange(4) % 2, [0, 1])
+    tracker.record([], torch.zeros(0))  # an empty batch is fine, whatever its Python type
+    x = torch.randn(4, 2, requires_grad=True)
+    loss = tracker.record(torch.arange(4), logits=x, targets=torch.tensor([0, 1, 0, 1])).sum()
+    (g,) = torch.autograd.grad(loss, x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|twice|does not require grad"):
+        g.sum().backward()

@@ -34,7 +34,8 @@ constexpr int64_t kParallelWork = 65536;
 // with hardware fmaf) and picked at load time; the default variant gets fmaf from libm, with
 // the same correctly rounded results. Neither contracts other multiply-adds, so both round as
 // the GPU does, up to the order in which the lanes' partial sums are added.
-#if defined(__x86_64__) && defined(__has_attribute)
+#if defined(__x86_64__) && defined(__has_attribute) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
 #if __has_attribute(target_clones) && !defined(CLDFAST_SANITIZE_BUILD)
 #define CLDFAST_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #endif

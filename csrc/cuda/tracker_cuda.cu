@@ -5,6 +5,7 @@
 // synchronisation.
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <climits>
 #include <stdexcept>
 #include <string>
@@ -29,8 +30,10 @@ void check(cudaError_t err, const char* what) {
 
 void check_launch(const char* what) { check(cudaGetLastError(), what); }
 
-// Makes `device` current for the launches of one entry point and restores the caller's
-// device afterwards, so a tracker on cuda:1 works whatever device the thread has current.
+// A safety net: cldfast/_ops.py already makes the tracker's device current through torch's
+// own device guard (which never creates a context just to restore a device), so this guard
+// normally finds the right device and does nothing. Called directly with another device
+// current, it switches for the launch and switches back.
 class DeviceGuard {
  public:
   explicit DeviceGuard(int device) {
@@ -49,9 +52,13 @@ class DeviceGuard {
 };
 
 int multiprocessors(int device) {
-  static int sms[64] = {0};
-  int& n = sms[device & 63];
-  if (n == 0) check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device), "attribute");
+  static std::atomic<int> sms[64] = {};
+  std::atomic<int>& cached = sms[device & 63];
+  int n = cached.load(std::memory_order_relaxed);
+  if (n == 0) {
+    check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device), "attribute");
+    cached.store(n, std::memory_order_relaxed);
+  }
   return n;
 }
 
@@ -283,10 +290,11 @@ void end_epoch(const EndEpochArgs& a, int device, uintptr_t stream) {
       // Four waves of the blocks that fit at once: one pair of global atomics per block,
       // whatever N.
       const auto kernel = end_epoch_kernel<decltype(acc), decltype(l)>;
-      static int per_sm[64] = {0};
-      int& fit = per_sm[device & 63];
+      static std::atomic<int> per_sm[64] = {};
+      int fit = per_sm[device & 63].load(std::memory_order_relaxed);
       if (fit == 0) {
         check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kernel, kThreads, 0), "occupancy query");
+        per_sm[device & 63].store(fit, std::memory_order_relaxed);
       }
       const unsigned cap = 4u * static_cast<unsigned>(fit * multiprocessors(device));
       kernel<<<grid_for(a.num_samples, kThreads, cap), kThreads, 0, as_stream(stream)>>>(a);

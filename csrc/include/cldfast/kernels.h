@@ -70,7 +70,7 @@ struct EndEpochArgs {
   int clear_epoch;           // nonzero: zero the buffer's slots of the samples read
   float* last;               // [n] epoch mean at the last observed checkpoint
   int32_t* i32_state;        // [2, n]: last observed checkpoint, number of differences
-  void* acc;                 // [5, N] float32 or float64 Welford state
+  void* acc;                 // [5, n] float32 or float64 Welford state
   int acc_dtype;
   int64_t* flags;
 };
