@@ -24,6 +24,20 @@ def test_readme_example_runs(capsys):
     assert "CLDTracker(num_samples=512" in capsys.readouterr().out
 
 
+def test_readme_lightning_example_runs(tmp_path, monkeypatch):
+    import pytest
+
+    pytest.importorskip("lightning.pytorch")
+    from cldfast.io import load_scores
+
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block_after("<!-- readme-lightning -->"), "README.md", "exec"), namespace)
+    scores = namespace["scores"]
+    assert scores.shape == (500,) and np.isfinite(scores.numpy()).all()
+    np.testing.assert_array_equal(load_scores(tmp_path / "lightning_scores.npz").scores, scores.numpy())
+
+
 def test_ci_runs_the_readme_test_command():
     ci = (README.parent / ".ci" / "run").read_text()
     assert "<!-- ci:test-command -->" in ci
