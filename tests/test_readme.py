@@ -38,6 +38,17 @@ def test_readme_lightning_example_runs(tmp_path, monkeypatch):
     np.testing.assert_array_equal(load_scores(tmp_path / "lightning_scores.npz").scores, scores.numpy())
 
 
+def test_readme_huggingface_example_runs(tmp_path, monkeypatch):
+    import pytest
+
+    pytest.importorskip("transformers")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block_after("<!-- readme-hf -->"), "README.md", "exec"), namespace)
+    scores = namespace["scores"]
+    assert scores.shape == (250,) and np.isfinite(scores.numpy()).all()
+
+
 def test_ci_runs_the_readme_test_command():
     ci = (README.parent / ".ci" / "run").read_text()
     assert "<!-- ci:test-command -->" in ci

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 try:
@@ -36,6 +35,7 @@ except ImportError:  # the standalone package name
                           "pip install lightning (or pip install 'cldfast[lightning]')") from exc
 
 from ..tracker import CLDTracker
+from ._dist import gather_1d
 
 __all__ = ["CLDCallback", "cross_entropy_losses"]
 
@@ -52,22 +52,6 @@ def cross_entropy_losses(module: Any, batch: Any) -> tuple[torch.Tensor, torch.T
     x, y, idx = batch[0], batch[1], batch[2]
     logits = module(x)
     return idx, F.cross_entropy(logits.float(), y, reduction="none")
-
-
-def _gather(t: torch.Tensor) -> torch.Tensor:
-    """All-gather a 1-D tensor of any length per rank (padded to the longest, then cut)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return t
-    world = dist.get_world_size()
-    size = torch.tensor([t.shape[0]], device=t.device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    longest = int(max(int(s) for s in sizes))
-    padded = torch.zeros(longest, dtype=t.dtype, device=t.device)
-    padded[: t.shape[0]] = t
-    parts = [torch.zeros_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[: int(s)] for p, s in zip(parts, sizes)])
 
 
 class CLDCallback(pl.Callback):
@@ -151,8 +135,8 @@ class CLDCallback(pl.Callback):
 
     def _record(self, idx: torch.Tensor, losses: torch.Tensor, *, validation: bool) -> None:
         tracker = self.tracker
-        idx = _gather(torch.as_tensor(idx).to(tracker.device).long().reshape(-1))
-        losses = _gather(losses.detach().to(tracker.device).reshape(-1))
+        idx = gather_1d(torch.as_tensor(idx).to(tracker.device).long().reshape(-1))
+        losses = gather_1d(losses.detach().to(tracker.device).reshape(-1))
         if validation:
             tracker.record_validation(losses.double(), idx)
         else:

@@ -1,0 +1,119 @@
+"""CLDTrainerCallback inside a real Hugging Face Trainer, on tiny randomly initialised
+models (no download): scores equal to a plain CLDTracker fed the same eval-mode losses, for
+text (BERT) and image (ViT) classification, and train-mode losses through CLDTrainer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+transformers = pytest.importorskip("transformers")
+
+from cldfast import CLDTracker  # noqa: E402
+from cldfast.integrations.huggingface import CLDTrainer, CLDTrainerCallback  # noqa: E402
+
+N, Q, C = 64, 16, 3
+
+
+class DictData(torch.utils.data.Dataset):
+    def __init__(self, inputs: dict, labels: torch.Tensor):
+        self.inputs, self.labels = inputs, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        item = {k: v[i] for k, v in self.inputs.items()}
+        item["labels"] = self.labels[i]
+        item["cld_index"] = torch.tensor(i)
+        return item
+
+
+def text_task():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 40, (N + Q, 12), generator=g)
+    labels = (ids[:, 0] % C)  # learnable from the first token
+    cfg = transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=32, num_labels=C,
+                                  max_position_embeddings=16)
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(cfg)
+    mask = torch.ones_like(ids)
+    return model, {"input_ids": ids, "attention_mask": mask}, labels
+
+
+def image_task():
+    g = torch.Generator().manual_seed(1)
+    px = torch.randn(N + Q, 3, 16, 16, generator=g)
+    labels = torch.randint(0, C, (N + Q,), generator=g)
+    px[torch.arange(N + Q), labels] += 1.0
+    cfg = transformers.ViTConfig(image_size=16, patch_size=8, num_channels=3, hidden_size=16,
+                                 num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                                 num_labels=C)
+    torch.manual_seed(0)
+    return transformers.ViTForImageClassification(cfg), {"pixel_values": px}, labels
+
+
+class PlainReference(transformers.TrainerCallback):
+    """Independent reference: full-batch eval-mode losses into a plain tracker."""
+
+    def __init__(self, inputs, labels):
+        self.inputs, self.labels = inputs, labels
+        self.tracker = CLDTracker(labels[:N], labels[N:], distributed=False)
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            logits = model(**self.inputs).logits
+        model.train(was)
+        losses = F.cross_entropy(logits, self.labels, reduction="none")
+        self.tracker.record(torch.arange(N), losses[:N])
+        self.tracker.record_validation(losses[N:].double())
+        self.tracker.end_epoch()
+
+
+def split(inputs, labels):
+    tr = DictData({k: v[:N] for k, v in inputs.items()}, labels[:N])
+    va = DictData({k: v[N:] for k, v in inputs.items()}, labels[N:])
+    return tr, va
+
+
+def args(tmp_path, **kw):
+    return transformers.TrainingArguments(
+        output_dir=str(tmp_path), num_train_epochs=4, per_device_train_batch_size=16,
+        learning_rate=5e-3, report_to=[], save_strategy="no", logging_strategy="no",
+        use_cpu=True, disable_tqdm=True, seed=0, dataloader_num_workers=0, **kw)
+
+
+@pytest.mark.parametrize("task", [text_task, image_task], ids=["text-bert", "image-vit"])
+def test_callback_matches_a_plain_tracker(tmp_path, task):
+    from cldfast.io import load_scores
+
+    model, inputs, labels = task()
+    tr, va = split(inputs, labels)
+    cb = CLDTrainerCallback(labels[:N], labels[N:], train_eval_dataset=tr, val_dataset=va,
+                            batch_size=24, scores_path=tmp_path / "scores.npz")
+    ref = PlainReference(inputs, labels)
+    transformers.Trainer(model=model, args=args(tmp_path), train_dataset=tr,
+                         callbacks=[cb, ref]).train()
+    want = ref.tracker.scores().numpy()
+    assert cb.tracker.checkpoint == 4 and np.isfinite(want).all()
+    np.testing.assert_allclose(cb.scores().numpy(), want, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(load_scores(tmp_path / "scores.npz").scores, want, rtol=0, atol=1e-5)
+
+
+def test_train_mode_through_cld_trainer(tmp_path):
+    model, inputs, labels = text_task()
+    tr, va = split(inputs, labels)
+    cb = CLDTrainerCallback(labels[:N], labels[N:], val_dataset=va, mode="train")
+    with pytest.raises(ValueError, match="remove_unused_columns=False"):
+        CLDTrainer(model=model, args=args(tmp_path), train_dataset=tr, callbacks=[cb])
+    trainer = CLDTrainer(model=model, args=args(tmp_path, remove_unused_columns=False),
+                         train_dataset=tr, callbacks=[cb])
+    trainer.train()
+    assert cb.tracker.checkpoint == 4
+    assert (cb.tracker.num_differences().numpy() == 3).all()  # every sample, every epoch
+    assert np.isfinite(cb.scores().numpy()).all()
