@@ -153,12 +153,31 @@ def _check_args(num_classes: int, input_shape: tuple[int, int, int]) -> tuple[in
     return shape  # type: ignore[return-value]
 
 
+def _timm_model(name: str, num_classes: int, in_channels: int, *, required: bool) -> nn.Module | None:
+    """An untrained timm model, or None when timm is missing or has no such model (unless
+    ``required``, which raises instead)."""
+    try:
+        import timm
+    except ImportError:
+        if required:
+            raise ImportError(f"architecture 'timm/{name}' needs timm: pip install timm") from None
+        return None
+    if not timm.is_model(name):
+        if required:
+            raise ValueError(f"timm has no model {name!r} (see timm.list_models())")
+        return None
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+
+
 def build_model(arch: str, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     """Builds an untrained classifier.
 
     Args:
-        arch: one of :data:`ARCHS` (case-insensitive) or any name in
-            ``torchvision.models.list_models(module=torchvision.models)``.
+        arch: one of :data:`ARCHS` (case-insensitive), any name in
+            ``torchvision.models.list_models(module=torchvision.models)``, or, when timm is
+            installed, any timm model name (``timm.list_models()``); ``timm/NAME`` picks
+            timm's model where both libraries have the name. timm models are built untrained
+            (no download), with ``in_chans`` and ``num_classes`` set.
         num_classes: size of the output layer.
         input_shape: ``(C, H, W)`` of the input images.
 
@@ -178,13 +197,19 @@ def build_model(arch: str, num_classes: int, input_shape: tuple[int, int, int]) 
     key = _ALIASES.get(key, key)
     if key == "small-cnn":
         return SmallCNN(in_channels, num_classes, (height, width))
+    if key.startswith("timm/"):
+        return _timm_model(arch.strip()[5:], num_classes, in_channels, required=True)
 
     import torchvision
 
     available = torchvision.models.list_models(module=torchvision.models)
     if key not in available:
-        raise ValueError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}, or any "
-                         "torchvision classification model name (torchvision.models.list_models())")
+        model = _timm_model(arch.strip(), num_classes, in_channels, required=False)
+        if model is not None:
+            return model
+        raise ValueError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}, any "
+                         "torchvision classification model name (torchvision.models.list_models())"
+                         ", or a timm model name when timm is installed (timm.list_models())")
     model = torchvision.models.get_model(key, weights=None, num_classes=num_classes)
     small = height <= _SMALL_INPUT and width <= _SMALL_INPUT
     if key.startswith("resnet") and key in ARCHS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -103,3 +104,31 @@ def test_num_parameters():
     assert num_parameters(model) == 8
     model.bias.requires_grad_(False)
     assert num_parameters(model, trainable_only=True) == 6
+
+
+def test_timm_models_by_name(tmp_path):
+    timm = pytest.importorskip("timm")
+    from cldfast.models import build_model
+
+    m = build_model("resnet10t", 7, (1, 28, 28))  # timm-only name, one input channel
+    assert m(torch.randn(2, 1, 28, 28)).shape == (2, 7)
+    m = build_model("timm/resnet18", 5, (3, 32, 32))  # forced from timm
+    assert isinstance(m, timm.models.ResNet) and m(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+    with pytest.raises(ValueError, match="timm has no model"):
+        build_model("timm/not-a-model", 5, (3, 32, 32))
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_model("not-a-model-anywhere", 5, (3, 32, 32))
+
+
+@pytest.mark.slow
+def test_timm_model_trains_in_cldfast_track(tmp_path):
+    pytest.importorskip("timm")
+    from cldfast.cli import main
+    from cldfast.io import load_scores
+
+    out = tmp_path / "track"
+    rc = main(["track", "--dataset", "digits", "--arch", "resnet10t", "--epochs", "3",
+               "--batch-size", "128", "--lr", "0.05", "--quiet", "--out", str(out)])
+    assert rc == 0
+    sf = load_scores(next(out.glob("*.npz")) if out.is_dir() else out)
+    assert sf.metadata.get("arch") == "resnet10t" and np.isfinite(sf.scores).any()
