@@ -156,24 +156,36 @@ class CLDSelector(ScoreSelector):
     """DeepCore-style CLD selection.
 
     With ``scores=`` (a scores file of the same dataset) it only selects. Without, it first
-    trains a proxy on ``dst_train`` with :func:`cldfast.pipeline.track` (``epochs`` epochs of
-    ``arch``, default 10 and ``small-cnn``; batch size ``args.selection_batch`` and device
-    ``args.device`` when ``args`` has them; ``val_fraction`` of every class held out for
-    CLD's validation trajectories; ``dst_test`` for the proxy's test accuracy, else
-    ``dst_train``), writing into ``out`` (default: a new temporary folder). ``dst_train``
-    must yield ``(image tensor [C, H, W], label)`` and have ``targets``; its items are used
-    as they come (augmented or not). Keyword arguments of :class:`ScoreSelector` apply.
+    trains a proxy on ``dst_train`` with :func:`cldfast.pipeline.track`, configured from
+    DeepCore's arguments where ``args`` has them: the architecture ``args.model`` (a cldfast,
+    torchvision or timm name, case-insensitive: ``ResNet18`` -> ``resnet18``; a model cldfast
+    cannot build is an error, never a silent substitute), ``args.selection_epochs``,
+    ``args.selection_lr``, ``args.selection_momentum``, ``args.selection_weight_decay``,
+    ``args.selection_nesterov``, ``args.selection_batch`` and ``args.device``. Explicit
+    ``epochs=`` / ``arch=`` win over ``args``; without either, 10 epochs of ``small-cnn``.
+    ``val_fraction`` of every class is held out for CLD's validation trajectories;
+    ``dst_test`` gives the proxy's test accuracy (else ``dst_train``); files go to ``out``
+    (default: a new temporary folder). ``dst_train`` must yield ``(image tensor [C, H, W],
+    label)`` and have ``targets``; its items are used as they come (augmented or not).
+
+    ``fraction`` follows DeepCore: with ``balance=True`` each class keeps
+    ``round(fraction * n_c)`` of its members in ``dst_train`` (the proxy's held-out validation
+    samples count in ``n_c`` but are never picked), otherwise ``round(fraction *
+    len(dst_train))`` in all. (``cldfast select --fraction`` counts only the scored training
+    split instead.) Keyword arguments of :class:`ScoreSelector` apply.
     """
 
     def __init__(self, dst_train: Any, args: Any = None, fraction: float = 0.5,
-                 random_seed: int | None = None, epochs: int = 10, *,
-                 scores: str | Path | ScoresFile | None = None, arch: str = "small-cnn",
+                 random_seed: int | None = None, epochs: int | None = None, *,
+                 scores: str | Path | ScoresFile | None = None, arch: str | None = None,
                  val_fraction: float = 0.1, dst_test: Any = None, out: str | Path | None = None,
                  progress: bool = False, **kwargs: Any) -> None:
         kwargs.setdefault("method", "cld")
         super().__init__(dst_train, args, fraction, random_seed, scores=scores, **kwargs)
-        self.epochs = int(epochs)
-        self.arch = arch
+        self.epochs = int(epochs if epochs is not None
+                          else getattr(args, "selection_epochs", None) or 10)
+        model = getattr(args, "model", None)
+        self.arch = arch if arch is not None else (str(model).lower() if model else "small-cnn")
         self.val_fraction = val_fraction
         self.dst_test = dst_test
         self.out = out
@@ -205,8 +217,24 @@ class CLDSelector(ScoreSelector):
             [str(c) for c in range(num_classes)],
             fingerprint=dataset_fingerprint("deepcore", targets, len(test_targets), []))
         device = str(getattr(self.args, "device", "auto") or "auto")
+        from .models import build_model
+
+        try:  # fail here, naming DeepCore's argument, rather than deep inside training
+            build_model(self.arch, num_classes, tuple(int(s) for s in x0.shape))
+        except (ValueError, ImportError) as exc:
+            raise ValueError(f"CLDSelector cannot build the proxy architecture {self.arch!r} "
+                             f"(from {'args.model' if getattr(self.args, 'model', None) else 'arch='}"
+                             f"): {exc}. Pass arch= with a cldfast, torchvision or timm name") from None
+        a = self.args
+        defaults = Recipe()
         recipe = Recipe(epochs=self.epochs,
-                        batch_size=int(getattr(self.args, "selection_batch", 128) or 128),
+                        batch_size=int(getattr(a, "selection_batch", 128) or 128),
+                        lr=float(getattr(a, "selection_lr", None) or defaults.lr),
+                        momentum=float(getattr(a, "selection_momentum", None) or defaults.momentum),
+                        weight_decay=float(getattr(a, "selection_weight_decay", None)
+                                           if getattr(a, "selection_weight_decay", None) is not None
+                                           else defaults.weight_decay),
+                        nesterov=bool(getattr(a, "selection_nesterov", defaults.nesterov)),
                         device=device, seed=self.random_seed)
         out = Path(self.out) if self.out is not None else Path(tempfile.mkdtemp(prefix="cldfast-"))
         sf, _ = track(bundle, out, arch=self.arch, recipe=recipe, val_fraction=self.val_fraction,
