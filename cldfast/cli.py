@@ -1,4 +1,4 @@
-"""`cldfast` command line: run | track | select | train | bench | info. A thin shell over
+"""`cldfast` command line: run | track | select | export | train | bench | info. A thin shell over
 cldfast.pipeline and cldfast.bench; every option maps to an argument of the Python API."""
 
 from __future__ import annotations
@@ -157,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Each subcommand has its own --help.")
     parser.add_argument("--version", action="version", version=f"cldfast {__version__}")
+    parser.add_argument("--threads", type=_positive_int, metavar="N",
+                        help="CPU threads for torch and cldfast's kernels (default: torch's; on a "
+                             "machine other processes keep busy, 1 avoids OpenMP threads waiting "
+                             "for descheduled peers, and cldfast warns when it sees that case)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("run", help="track a proxy, select coresets, retrain and compare",
@@ -195,18 +199,45 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("select", help="choose a coreset from a scores file",
                        description="Select a coreset from a scores file and write the ORIGINAL "
                                    "dataset indices as a .npy file (or .txt, one per line).")
-    p.add_argument("scores", metavar="SCORES", help="scores file written by `cldfast track`")
+    p.add_argument("scores", metavar="SCORES", help="scores file written by `cldfast track`, "
+                   "`cldfast bench`, CLDTracker.save or an integration callback")
     size = p.add_mutually_exclusive_group(required=True)
-    size.add_argument("--fraction", type=_fraction, help="keep round(f * n_c) of every class")
+    size.add_argument("--fraction", type=_fraction,
+                      help="keep round(f * n_c) of every class c, n_c counted over the scored "
+                           "training split (the proxy's validation split excluded; the DeepCore "
+                           "adapter instead counts all of dst_train, as DeepCore does)")
     size.add_argument("--per-class", type=_positive_int, metavar="K", help="keep K of every class")
-    p.add_argument("--order", choices=ORDERS, default="top",
-                   help="top: highest CLD (default); bottom: most negative; zero: closest to 0; "
-                        "random: uniform among scored samples")
+    p.add_argument("--method", default="cld", metavar="NAME",
+                   help="score to rank by: cld (default) or any other score stored in the file "
+                        "(forgetting, aum, el2n, entropy, margin, ... as `cldfast bench` records "
+                        "them)")
+    p.add_argument("--order", choices=ORDERS, default=None,
+                   help="top: highest score; bottom: lowest (most negative CLD); zero: closest "
+                        "to 0; random: uniform among scored samples (default: the method's own "
+                        "end, top for CLD)")
     p.add_argument("--global", dest="global_", action="store_true",
                    help="rank over all samples instead of within each class (needs --fraction)")
     p.add_argument("--seed", type=int, default=0, help="seed for --order random (default: %(default)s)")
     p.add_argument("--output", "-o", metavar="FILE", help="where to write the indices "
                    "(default: next to SCORES, named after the selection)")
+
+    p = sub.add_parser("export", help="write a scores file as CSV or as the authors' ranking pickle",
+                       description="Write a scores file out: --format csv gives one row per "
+                                   "training sample (dataset index, file path with "
+                                   "--image-folder, label, class name, CLD, number of "
+                                   "differences, and every other stored score); --format "
+                                   "authors gives the per-class CLD rankings in the layout of "
+                                   "the authors' CLD_indices_sorted_*.pkl (original dataset "
+                                   "indices, best first, unscored samples left out).")
+    p.add_argument("scores", metavar="SCORES", help="a cldfast scores file")
+    p.add_argument("--format", choices=("csv", "authors"), default="csv",
+                   help="csv (default) or authors")
+    p.add_argument("--image-folder", metavar="DIR",
+                   help="csv: the ImageFolder root the dataset indices refer to, to add each "
+                        "sample's file path")
+    p.add_argument("--output", "-o", metavar="FILE",
+                   help="default: SCORES with .csv, or CLD_indices_sorted_<dataset>_<arch>.pkl "
+                        "beside it")
 
     p = sub.add_parser("train", help="train a model on the full data or on a coreset",
                        description="Train a model on the whole training set, on an indices file, "
@@ -317,19 +348,62 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
     if args.global_ and args.per_class is not None:
         raise ValueError("--global needs --fraction (a per-class count has no meaning without classes)")
+    from .baselines import METHODS, canonical_method
+    from .selection import select
+
     sf = load_scores(args.scores)
-    idx = select_coreset(sf, fraction=args.fraction, per_class=args.per_class, order=args.order,
-                         class_balanced=not args.global_, seed=args.seed)
+    info = METHODS[canonical_method(args.method)]
+    order = args.order or (info.order if info.order in ORDERS else "top")
+    if info.key in (None, "scores"):
+        values = sf.scores
+    elif info.key in sf.extra:
+        values = sf.extra[info.key]
+    else:
+        stored = ", ".join(sorted(k for k in sf.extra if k != "num_differences")) or "none"
+        raise ValueError(f"{args.scores} has no {info.key!r} scores for --method {info.name} "
+                         f"(stored: cld, {stored}); record it with `cldfast bench --methods "
+                         f"{info.name}`")
+    idx = select(values, sf.labels, fraction=args.fraction, per_class=args.per_class,
+                 order="random" if info.kind == "random" else order,
+                 class_balanced=not args.global_, dataset_indices=sf.train_indices, seed=args.seed)
     size = f"f{args.fraction:g}" if args.fraction is not None else f"k{args.per_class}"
+    prefix = "indices" if info.name == "cld" else f"indices_{info.name}"
     out = Path(args.output) if args.output else Path(args.scores).with_name(
-        f"indices_{args.order}_{size}{'_global' if args.global_ else ''}.npy")
+        f"{prefix}_{order}_{size}{'_global' if args.global_ else ''}.npy")
     if out.suffix == ".txt":
         from .io import atomic_write
         atomic_write(out, lambda p: np.savetxt(p, idx, fmt="%d"))
     else:
         save_indices(out, idx)
-    print(f"wrote {out}: {idx.size} original dataset indices ({args.order}, "
+    print(f"wrote {out}: {idx.size} original dataset indices ({info.name}, {order}, "
           f"{'global' if args.global_ else 'class-balanced'})")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_authors, export_csv
+
+    sf = load_scores(args.scores)
+    if args.format == "authors":
+        out = Path(args.output) if args.output else Path(args.scores).with_name(
+            f"CLD_indices_sorted_{sf.metadata.get('dataset', 'data')}_"
+            f"{sf.metadata.get('arch', 'model')}.pkl")
+        export_authors(sf, out)
+        print(f"wrote {out}: per-class CLD rankings (original dataset indices, best first) for "
+              "the authors' train_on_coresets.py")
+        return 0
+    paths = None
+    if args.image_folder:
+        from torchvision.datasets import ImageFolder
+
+        samples = ImageFolder(args.image_folder).samples
+        if sf.train_indices.size and int(sf.train_indices.max()) >= len(samples):
+            raise ValueError(f"--image-folder {args.image_folder} has {len(samples)} images but "
+                             f"the scores refer to index {int(sf.train_indices.max())}")
+        paths = [samples[int(i)][0] for i in sf.train_indices]
+    out = Path(args.output) if args.output else Path(args.scores).with_suffix(".csv")
+    export_csv(sf, out, file_paths=paths, class_names=sf.metadata.get("class_names") or None)
+    print(f"wrote {out}: {sf.scores.shape[0]} rows")
     return 0
 
 
@@ -358,6 +432,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .threads import check_cpu_contention, set_threads
+
+    if args.threads is not None:
+        set_threads(args.threads)
+    elif args.command in ("run", "track", "train", "bench"):
+        check_cpu_contention()
     if args.command == "info":
         print(json.dumps(build_info(), indent=2))
         return 0
@@ -369,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if hasattr(args, "out") else None
     _setup_logging(out, args.command)
     handlers = {"run": _cmd_run, "track": _cmd_track, "select": _cmd_select, "train": _cmd_train,
-                "bench": args.bench_handler}
+                "export": _cmd_export, "bench": args.bench_handler}
     try:
         return handlers[args.command](args)
     except (ValueError, FileNotFoundError, CorruptFileError, IndexError, TypeError) as exc:
