@@ -24,7 +24,7 @@ log = logging.getLogger("cldfast")
 
 EMBEDDED = ("auto", "fashion-mnist", "fashion_mnist", "fmnist", "digits")
 # Epochs when --epochs is not given: a quick recipe for the embedded data, the authors'
-# recipes otherwise (SPEC.md: CIFAR 164 epochs, ImageNet 90).
+# recipes otherwise (docs/method.md: CIFAR 164 epochs, ImageNet 90).
 DEFAULT_EPOCHS = {"embedded": 8, "imagefolder": 90, "other": 164}
 DEFAULT_PROXY_EPOCHS_EMBEDDED = 10
 
@@ -85,7 +85,7 @@ def _add_data(p: argparse.ArgumentParser) -> None:
 
 
 def _add_recipe(p: argparse.ArgumentParser, proxy: bool = False) -> None:
-    g = p.add_argument_group("training recipe (defaults: SPEC.md, SGD + Nesterov + multistep)")
+    g = p.add_argument_group("training recipe (defaults: the authors' CIFAR recipe, docs/method.md: SGD + Nesterov + multistep)")
     g.add_argument("--epochs", type=_positive_int, metavar="E",
                    help="epochs (default: 8 on the embedded data, 164 on CIFAR, 90 on ImageFolder)")
     if proxy:

@@ -51,7 +51,7 @@ LOSS_SOURCES = ("eval", "train")
 
 @dataclass
 class Recipe:
-    """Training hyper-parameters. Defaults are the authors' CIFAR recipe (SPEC.md)."""
+    """Training hyper-parameters. Defaults are the authors' CIFAR recipe (docs/method.md)."""
 
     epochs: int = 164
     batch_size: int = 128
