@@ -441,6 +441,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "info":
         print(json.dumps(build_info(), indent=2))
         return 0
+    from ._extras import PIPELINE, require_all
+
+    try:
+        if args.command in ("run", "track", "train"):
+            require_all(PIPELINE, f"cldfast {args.command}")
+        elif args.command == "bench":
+            require_all(PIPELINE + ("numba",), "cldfast bench", extra="bench")
+    except ImportError as exc:
+        print(f"cldfast {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     from .distributed import init_from_env, is_main
 
     distributed = init_from_env()

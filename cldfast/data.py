@@ -567,8 +567,8 @@ def _load_digits() -> DatasetBundle:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
     except ImportError:
-        raise ImportError("the 'digits' dataset needs scikit-learn: pip install scikit-learn "
-                          "(or cldfast[digits])") from None
+        raise ImportError("the 'digits' dataset needs scikit-learn: pip install "
+                          "'cldfast[pipeline]' (or pip install scikit-learn)") from None
     digits = load_digits()
     # Pixel values are counts 0..16, so uint8 holds them exactly.
     images = np.asarray(digits.images, dtype=np.uint8)

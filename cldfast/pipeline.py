@@ -13,12 +13,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import distributed as ddist
+from ._extras import PIPELINE, require_all
 from ._core import __version__
 from .data import DatasetBundle, load_dataset, split_train_val
 from .io import ScoresFile, load_indices, load_scores, save_indices, save_scores, write_json
 from .selection import select
 from .tracker import CLDTracker
 from .training import BatchRecorder, Recipe, Tracking, fit
+
+require_all(PIPELINE, "cldfast.pipeline")  # torchvision, tqdm, matplotlib, scikit-learn
 
 log = logging.getLogger("cldfast")
 

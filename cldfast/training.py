@@ -36,7 +36,6 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm  # the plain bar: tqdm.auto's asyncio variant opens an extra loader iterator
 
 from . import distributed as ddist
 from .data import DatasetBundle, IndexedSubset, InMemoryImageDataset, make_loader
@@ -47,6 +46,14 @@ from .tracker import CLDTracker
 log = logging.getLogger("cldfast")
 
 LOSS_SOURCES = ("eval", "train")
+
+
+def tqdm(*args, **kwargs):
+    """The plain tqdm bar (tqdm.auto's asyncio variant opens an extra loader iterator); tqdm
+    comes with the ``pipeline`` extra."""
+    from ._extras import require
+
+    return require("tqdm", "cldfast's training loop").tqdm(*args, **kwargs)
 
 
 @dataclass
