@@ -437,7 +437,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         set_threads(args.threads)
     elif args.command in ("run", "track", "train", "bench"):
-        check_cpu_contention()
+        busy = check_cpu_contention(warn=False)
+        if busy:
+            print(f"cldfast: warning: {busy}", file=sys.stderr)
     if args.command == "info":
         print(json.dumps(build_info(), indent=2))
         return 0
