@@ -117,3 +117,45 @@ def test_train_mode_through_cld_trainer(tmp_path):
     assert cb.tracker.checkpoint == 4
     assert (cb.tracker.num_differences().numpy() == 3).all()  # every sample, every epoch
     assert np.isfinite(cb.scores().numpy()).all()
+
+
+DDP_SCRIPT = '''
+import os, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+import test_huggingface as T
+import transformers
+from cldfast.integrations.huggingface import CLDTrainerCallback
+
+model, inputs, labels = T.text_task()
+tr, va = T.split(inputs, labels)
+cb = CLDTrainerCallback(labels[:T.N], labels[T.N:], train_eval_dataset=tr, val_dataset=va,
+                        batch_size=24)
+ref = T.PlainReference(inputs, labels)
+args = transformers.TrainingArguments(
+    output_dir={out!r}, num_train_epochs=3, per_device_train_batch_size=8, learning_rate=5e-3,
+    report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True, disable_tqdm=True,
+    seed=0, dataloader_num_workers=0, ddp_backend="gloo")
+transformers.Trainer(model=model, args=args, train_dataset=tr, callbacks=[cb, ref]).train()
+rank = int(os.environ["RANK"])
+np.save(f"{out}/cb{{rank}}.npy", cb.scores().numpy())
+np.save(f"{out}/ref{{rank}}.npy", ref.tracker.scores().numpy())
+'''
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun(tmp_path):
+    """Each process evaluates its share; the all-gathered tracker equals the plain one."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "fit.py"
+    script.write_text(DDP_SCRIPT.format(tests=os.path.dirname(__file__), out=str(tmp_path)))
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                    "--master_port", "0", str(script)], check=True, cwd=tmp_path,
+                   capture_output=True, timeout=600)
+    for rank in range(2):
+        want = np.load(tmp_path / f"ref{rank}.npy")
+        assert np.isfinite(want).all()
+        np.testing.assert_allclose(np.load(tmp_path / f"cb{rank}.npy"), want, rtol=0, atol=1e-5)
