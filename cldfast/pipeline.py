@@ -25,7 +25,8 @@ require_all(PIPELINE, "cldfast.pipeline")  # torchvision, tqdm, matplotlib, scik
 
 log = logging.getLogger("cldfast")
 
-__all__ = ["DataSpec", "tracked_epochs", "track", "select_coreset", "train", "run", "RunResult"]
+__all__ = ["DataSpec", "PruneSpec", "tracked_epochs", "track", "select_coreset", "train", "run",
+           "RunResult"]
 
 
 @dataclass
@@ -146,12 +147,45 @@ def select_coreset(scores: ScoresFile, *, fraction: float | None = None,
                   class_balanced=class_balanced, dataset_indices=scores.train_indices, seed=seed)
 
 
+@dataclass
+class PruneSpec:
+    """Dynamic data pruning of a training run (see :mod:`cldfast.pruning`).
+
+    ``policy``: ``cld`` / ``cld-abs`` (live CLD of the run), ``infobatch`` or ``random``;
+    ``saving``: target share of sample-passes saved (needed by every policy but
+    ``infobatch``, which otherwise uses its own ``ratio``, default 0.5); ``delta``: the
+    share of the epochs that may prune (InfoBatch's 0.875); ``loss_source``: the losses that
+    feed the CLD policies' tracker (``train``: the kept samples' own training losses, free;
+    ``eval``: an eval-mode pass over the whole training split every epoch, the paper's
+    estimator, which costs a forward pass over all samples per epoch).
+    """
+
+    policy: str
+    saving: float | None = None
+    ratio: float | None = None
+    delta: float = 0.875
+    loss_source: str = "train"
+
+    @property
+    def uses_cld(self) -> bool:
+        return self.policy in ("cld", "cld-abs")
+
+
 def train(data: DataSpec | DatasetBundle, out: str | Path, *, arch: str = "small-cnn",
           recipe: Recipe | None = None, indices: np.ndarray | str | Path | None = None,
           exclude: np.ndarray | None = None, name: str = "train", resume: bool = False,
-          progress: bool = True) -> dict[str, Any]:
+          progress: bool = True, prune: PruneSpec | str | None = None,
+          val_indices: np.ndarray | None = None, val_fraction: float = 0.1) -> dict[str, Any]:
     """Train ``arch`` on the whole training set or on ``indices`` (original dataset indices,
-    or an indices file), evaluate on the test split, write ``out/<name>_metrics.json``."""
+    or an indices file), evaluate on the test split, write ``out/<name>_metrics.json``.
+
+    With ``prune`` (a :class:`PruneSpec` or a policy name), every epoch trains on the plan of a
+    dynamic pruner (:mod:`cldfast.pruning`); the metrics hold the sample-passes saved. The CLD
+    policies track CLD over the training indices during the run, against ``val_indices``
+    (original indices; default: a seeded ``val_fraction`` per class of the training indices,
+    which are then not trained on), and write the run's CLD scores to
+    ``out/<name>_scores.npz``: one run gives a trained model and a coreset.
+    """
     recipe = recipe or Recipe()
     bundle = data if isinstance(data, DatasetBundle) else data.load()
     n = len(bundle.train_targets)
@@ -162,17 +196,79 @@ def train(data: DataSpec | DatasetBundle, out: str | Path, *, arch: str = "small
     else:
         idx = np.asarray(indices, dtype=np.int64)
     out = Path(out)
+    spec = PruneSpec(prune) if isinstance(prune, str) else prune
+    tracking, pruner, run_config = None, None, {}
+    if spec is not None:
+        from .pruning import make_pruner
+
+        tracker = None
+        if spec.uses_cld:
+            if val_indices is None:
+                keep, val_pos = split_train_val(bundle.train_targets[idx], val_fraction, recipe.seed)
+                idx, val_idx = idx[keep], idx[val_pos]
+            else:
+                val_idx = np.asarray(val_indices, dtype=np.int64)
+            if val_idx.size == 0:
+                raise ValueError("CLD-guided pruning needs validation samples; got none "
+                                 f"(val_fraction={val_fraction})")
+            tracker = CLDTracker(bundle.train_targets[idx], bundle.train_targets[val_idx],
+                                 device=recipe.resolved_device(), num_classes=bundle.num_classes,
+                                 num_checkpoints=recipe.epochs)
+            tracking = Tracking(tracker, spec.loss_source, val_idx, list(range(recipe.epochs)))
+        pruner = make_pruner(spec.policy, num_samples=int(idx.size), epochs=recipe.epochs,
+                             saving=spec.saving, ratio=spec.ratio, delta=spec.delta,
+                             seed=recipe.seed, tracker=tracker)
+        run_config["prune"] = asdict(spec)
     result = fit(bundle, idx, arch, recipe, checkpoint=out / "checkpoints" / f"{name}.pt",
-                 resume=resume, progress=progress, desc=name,
-                 run_config={"role": name, "indices_sum": int(idx.sum()), "count": int(idx.size)})
+                 resume=resume, progress=progress, desc=name, tracking=tracking, pruner=pruner,
+                 run_config={"role": name, "indices_sum": int(idx.sum()), "count": int(idx.size),
+                             **run_config})
     metrics = {"name": name, "arch": arch, "dataset": bundle.name, "train_samples": int(idx.size),
                "test_accuracy": result.test_accuracy, "seconds": result.seconds,
                "peak_rss_mb": result.peak_rss_mb, "peak_cuda_mb": result.peak_cuda_mb,
                "recipe": asdict(recipe), "history": result.history,
                "world_size": ddist.rank_world()[1]}
+    if spec is not None:
+        metrics["prune"] = {**asdict(spec), **result.prune,
+                            "tracking_seconds": result.tracking_seconds,
+                            "extra_forward_passes_over_train": result.extra_forward_passes}
+    if tracking is not None:
+        meta = {"dataset": bundle.name, "fingerprint": bundle.fingerprint, "arch": arch,
+                "epochs_trained": recipe.epochs, "recipe_epochs": recipe.epochs,
+                "tracked_epochs": list(range(1, recipe.epochs + 1)),
+                "loss_source": spec.loss_source, "seed": recipe.seed, "per_class": True,
+                "precision": "float64", "version": __version__, "num_classes": bundle.num_classes,
+                "class_names": list(bundle.class_names), "pruned_run": spec.policy,
+                "proxy_test_accuracy": result.test_accuracy}
+        sf = _write_scores(tracking.tracker, bundle, idx, tracking.val_indices, meta,
+                           out / f"{name}_scores.npz")
+        if sf is not None:
+            metrics["scores_file"] = str(out / f"{name}_scores.npz")
     if ddist.is_main():
         write_json(out / f"{name}_metrics.json", metrics)
     return metrics
+
+
+def _write_scores(tracker: CLDTracker, bundle: DatasetBundle, train_idx: np.ndarray,
+                  val_idx: np.ndarray, meta: dict[str, Any], path: Path) -> ScoresFile | None:
+    """Gather the tracker's scores and write them as a scores file (rank 0 only; None on the
+    other ranks)."""
+    gathered = tracker.scores(gather="rank0")
+    num_differences = tracker.num_differences(gather="rank0")
+    summary = tracker.summary()
+    if gathered is None:
+        ddist.barrier()
+        return None
+    meta = {**meta, "world_size": tracker.world_size,
+            "nonfinite_train_losses": summary["nonfinite_train_losses"],
+            "nonfinite_val_losses": summary["nonfinite_val_losses"],
+            "classes_without_validation": summary["classes_without_validation"]}
+    sf = ScoresFile(gathered.double().cpu().numpy(), bundle.train_targets[train_idx].astype(np.int64),
+                    train_idx, val_idx, meta,
+                    extra={"num_differences": num_differences.cpu().numpy()})
+    save_scores(path, sf)
+    ddist.barrier()
+    return sf
 
 
 @dataclass

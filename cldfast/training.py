@@ -182,6 +182,7 @@ class FitResult:
     extra_forward_passes: int = 0
     peak_rss_mb: float = 0.0
     peak_cuda_mb: float = 0.0
+    prune: dict[str, Any] | None = None  # the pruner's summary (sample-passes saved, ...)
 
 
 def _seed_everything(seed: int) -> None:
@@ -390,7 +391,7 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Rec
         tracking: Tracking | None = None, stop_epoch: int | None = None,
         checkpoint: str | Path | None = None, resume: bool = False, evaluate_test: bool = True,
         progress: bool = True, desc: str = "train", run_config: dict[str, Any] | None = None,
-        recorders: Sequence[BatchRecorder] = ()) -> FitResult:
+        recorders: Sequence[BatchRecorder] = (), pruner: Any = None) -> FitResult:
     """Train ``arch`` on ``bundle.train[train_indices]``, optionally tracking CLD.
 
     Args:
@@ -401,6 +402,8 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Rec
         checkpoint: file for the per-epoch checkpoint; ``resume`` continues from it.
         run_config: anything identifying the run; a resumed checkpoint must match it.
         recorders: watchers of every training batch (see :class:`BatchRecorder`).
+        pruner: a :class:`cldfast.pruning.Pruner`: each epoch trains on its plan, each kept
+            sample's loss weighted by its weight (see :mod:`cldfast.pruning`).
     """
     recipe.check()
     device = ddist.local_device(recipe.resolved_device())
@@ -444,6 +447,8 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Rec
             tracking.tracker.load_state_dict(state["tracker"])
         for rec, rec_state in zip(recorders, state.get("recorders") or []):
             rec.load_state_dict(rec_state)
+        if pruner is not None:
+            pruner.load_state_dict(state["pruner"])
         start_epoch = int(state["epoch"])
         resume_batches = int(state.get("batches_done", 0))
         resume_partial = state.get("partial")
@@ -468,6 +473,7 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Rec
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "tracker": tracking.tracker.state_dict() if tracking is not None else None,
             "recorders": [rec.state_dict() for rec in recorders],
+            "pruner": pruner.state_dict() if pruner is not None else None,
             "history": result.history, "seconds": result.seconds,
             "tracking_seconds": result.tracking_seconds,
             "extra_forward_passes": result.extra_forward_passes,
@@ -483,7 +489,9 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Rec
             # Augmentation in the main process draws from torch's global generator.
             torch.manual_seed(_epoch_seed(recipe.seed, epoch) + rank)
             sampler = None
-            if world > 1:
+            if pruner is not None:
+                sampler = pruner.sampler(epoch, rank=rank, world_size=world)
+            elif world > 1:
                 sampler = torch.utils.data.DistributedSampler(
                     train_set, num_replicas=world, rank=rank, shuffle=True, seed=recipe.seed,
                     drop_last=False)
@@ -513,13 +521,18 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Rec
                     losses = tracking.tracker.record(k, logits=out, targets=y)
                 else:
                     losses = F.cross_entropy(out.float(), y, reduction="none")
-                if recorders:
+                watchers = list(recorders) + ([pruner] if pruner is not None
+                                              and pruner.needs_batches else [])
+                if watchers:
                     # Under torch.distributed every rank's recorders see every rank's batch, so
                     # each holds the whole run's per-sample state (the scores rank 0 writes).
                     seen_k, seen_out, seen_y = ddist.gather_batch(k, out.detach(), y)
-                    for rec in recorders:
+                    for rec in watchers:
                         rec.on_batch(seen_k, seen_out, seen_y, epoch)
-                loss = losses.mean()
+                if pruner is not None:
+                    loss = (losses * pruner.loss_weights(k, losses.device)).mean()
+                else:
+                    loss = losses.mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -542,6 +555,8 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Rec
             tot_loss, tot_correct, seen = ddist.sum_across([tot_loss, float(tot_correct), float(seen)])
             entry = {"epoch": epoch + 1, "train_loss": tot_loss / max(seen, 1),
                      "train_acc": tot_correct / max(seen, 1), "lr": opt.param_groups[0]["lr"]}
+            if pruner is not None:
+                entry["kept_fraction"] = float(pruner.history[-1]["kept"]) / pruner.num_samples
             train_seconds = time.perf_counter() - t0
             if tracking is not None and epoch in tracked:
                 t1 = time.perf_counter()
@@ -585,6 +600,8 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, arch: str, recipe: Rec
                                              recipe, device, "test", progress)
         result.test_accuracy = _mean_across(losses, correct)[1]
         log.info("%s: test accuracy %.2f %%", desc, 100 * result.test_accuracy)
+    if pruner is not None:
+        result.prune = pruner.summary()
     result.peak_rss_mb = _peak_rss_mb()
     if device.type == "cuda":
         result.peak_cuda_mb = torch.cuda.max_memory_allocated(device) / 2**20
