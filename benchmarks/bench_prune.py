@@ -86,7 +86,7 @@ def run_cell(work: Path, bundle, train_idx, val_idx, arch: str, recipe: Recipe, 
     n = int(train_idx.size)
     prune = m.get("prune") or {}
     cell = {"label": label, "policy": spec.policy if spec else "full",
-            "target": spec.saving if spec else 0.0, "seed": seed,
+            "target": (spec.saving or 0.0) if spec else 0.0, "seed": seed,
             "test_accuracy": m["test_accuracy"],
             "saved": float(prune.get("saved", 0.0)),
             "sample_passes": int(prune.get("sample_passes", recipe.epochs * n)),

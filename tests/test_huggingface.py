@@ -152,9 +152,10 @@ def test_two_processes_under_torchrun(tmp_path):
 
     script = tmp_path / "fit.py"
     script.write_text(DDP_SCRIPT.format(tests=os.path.dirname(__file__), out=str(tmp_path)))
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                    "--master_port", "0", str(script)], check=True, cwd=tmp_path,
-                   capture_output=True, timeout=600)
+    # --standalone: a local rendezvous on a free port (--master_port 0 never rendezvouses)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc_per_node", "2", str(script)], check=True, cwd=tmp_path,
+                   capture_output=True, timeout=300)
     for rank in range(2):
         want = np.load(tmp_path / f"ref{rank}.npy")
         assert np.isfinite(want).all()

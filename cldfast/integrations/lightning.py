@@ -51,7 +51,10 @@ def cross_entropy_losses(module: Any, batch: Any) -> tuple[torch.Tensor, torch.T
                          "for other batches")
     x, y, idx = batch[0], batch[1], batch[2]
     logits = module(x)
-    return idx, F.cross_entropy(logits.float(), y, reduction="none")
+    # Half-precision logits are widened; float32 / float64 ones keep their precision.
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return idx, F.cross_entropy(logits, y, reduction="none")
 
 
 class CLDCallback(pl.Callback):
