@@ -48,8 +48,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cldfast.data import DatasetBundle, IndexedSubset, make_loader
-from cldfast.models import build_model
-from cldfast.training import Recipe, _epoch_seed, _seed_everything
+from cldfast.training.models import build_model
+from cldfast.training import Recipe
+from cldfast.training.loop import _epoch_seed, _seed_everything
 
 __all__ = ["get_train_validation_losses", "collect_losses", "compute_cld_scores",
            "simulate_stored_results", "CollectResult"]

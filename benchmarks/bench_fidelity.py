@@ -60,7 +60,7 @@ sys.path.insert(0, str(HERE))
 from _results import RESULTS, markdown_table, write_section  # noqa: E402
 
 from cldfast import CLDTracker  # noqa: E402
-from cldfast.baselines import AUMRecorder, EL2NRecorder, ForgettingRecorder  # noqa: E402
+from cldfast.scores import AUMRecorder, EL2NRecorder, ForgettingRecorder  # noqa: E402
 from cldfast.data import InMemoryImageDataset, load_dataset, split_train_val  # noqa: E402
 from cldfast.selection import select  # noqa: E402
 from cldfast.training import Recipe, Tracking, fit  # noqa: E402

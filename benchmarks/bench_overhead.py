@@ -48,8 +48,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import RESULTS, markdown_table, write_section  # noqa: E402
 
-from cldfast import CLDTracker, _ops  # noqa: E402
-from cldfast.models import build_model  # noqa: E402
+from cldfast import CLDTracker
+from cldfast.core import kernels as _ops  # noqa: E402
+from cldfast.training.models import build_model  # noqa: E402
 
 CONTROL = "plain, 2nd copy"
 VARIANTS = ("plain", CONTROL, "record(losses)", "record(logits=)")

@@ -135,7 +135,7 @@ def aggregate(cells: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def _pruning_epochs(epochs: int) -> str:
-    from cldfast.pruning import RandomPruner
+    from cldfast.training.pruning import RandomPruner
 
     e = RandomPruner(1, epochs, saving=0.01).pruning_epochs
     return f"{e[0] + 1}-{e[-1] + 1}" if e else "none"

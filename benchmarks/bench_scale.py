@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import RESULTS, markdown_table, write_section  # noqa: E402
 
 import cldfast  # noqa: E402
-from cldfast import CLDTracker, _ops  # noqa: E402
+from cldfast import CLDTracker
+from cldfast.core import kernels as _ops  # noqa: E402
 
 CLASSES = 1000
 

@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import RESULTS, markdown_table, median_time, write_section  # noqa: E402
 
-from cldfast import CLDTracker, _ops, _reference  # noqa: E402
+from cldfast import CLDTracker
+from cldfast.core import kernels as _ops, kernels_torch as _reference  # noqa: E402
 
 BATCH = 256
 CLASSES = 1000

@@ -1,3 +1,8 @@
+"""tests/ mirrors the package (tests/core, tests/data, ...); the shared helpers
+(numpy_reference.py: the independent numpy CLD; dist_helpers.py: Gloo process groups) live
+here, on sys.path for every test module (pytest puts a conftest's folder there). The
+`device` fixture runs a test on the CPU and, where a GPU and a CUDA build exist, on CUDA."""
+
 import pytest
 import torch
 

@@ -18,6 +18,10 @@ BENCH = ROOT / "benchmarks"
 SECTIONS = ("overhead", "selection", "fidelity", "scale")
 
 
+# Every benchmark script end to end at smoke sizes: slow.
+pytestmark = pytest.mark.slow
+
+
 def test_run_all_smoke_writes_every_section_elsewhere(tmp_path):
     results = tmp_path / "RESULTS.md"
     real = BENCH / "RESULTS.md"

@@ -24,7 +24,7 @@ from cldfast.data import read_idx
 from cldfast.io import (CorruptFileError, ScoresFile, load_checkpoint, load_indices, load_scores,
                         save_checkpoint, save_indices, save_scores)
 
-from reference import cld_reference
+from numpy_reference import cld_reference
 
 GRID = st.integers(0, 40).map(lambda k: k / 4.0)  # exact in float32, sums exact too
 NON_FINITE = st.sampled_from([float("nan"), float("inf"), -float("inf")])

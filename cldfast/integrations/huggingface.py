@@ -32,8 +32,8 @@ except ImportError as exc:
     raise ImportError("cldfast.integrations.huggingface needs transformers: pip install "
                       "transformers (or pip install 'cldfast[hf]')") from exc
 
-from ..tracker import CLDTracker
-from ._dist import gather_1d, shard_indices
+from ..core.tracker import CLDTracker
+from ..core.distributed import gather_1d, shard_indices
 
 __all__ = ["CLDTrainerCallback", "CLDTrainer"]
 

@@ -34,8 +34,8 @@ except ImportError:  # the standalone package name
         raise ImportError("cldfast.integrations.lightning needs PyTorch Lightning: "
                           "pip install lightning (or pip install 'cldfast[lightning]')") from exc
 
-from ..tracker import CLDTracker
-from ._dist import gather_1d
+from ..core.tracker import CLDTracker
+from ..core.distributed import gather_1d
 
 __all__ = ["CLDCallback", "cross_entropy_losses"]
 

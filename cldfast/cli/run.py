@@ -1,0 +1,54 @@
+"""`cldfast run`: the whole pipeline (cldfast.pipeline.run)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..training.models import ARCHS
+from .common import (add_data, add_output, add_recipe, add_tracking, data_from_args, fraction,
+                     fractions, positive_int, recipe_from_args)
+
+
+def register(sub):
+    """Add the subcommand to ``sub`` (from ``add_subparsers``); returns its handler."""
+    p = sub.add_parser("run", help="track a proxy, select coresets, retrain and compare",
+                       description="The whole pipeline: train a proxy while tracking CLD, select "
+                                   "CLD and random coresets at several fractions and top / "
+                                   "near-zero / most-negative CLD subsets of equal size, train the "
+                                   "target model on each and on the full training split, and write "
+                                   "a result table, metrics.json, plots and a log into --out.")
+    p.add_argument("--proxy-arch", default="small-cnn", metavar="ARCH",
+                   help=f"model that is tracked (default: %(default)s; named: {', '.join(ARCHS)}, or "
+                        "any torchvision classification model)")
+    p.add_argument("--arch", metavar="ARCH", help="model trained on the coresets (default: --proxy-arch)")
+    p.add_argument("--fractions", type=fractions, default=[0.1, 0.2, 0.3],
+                   help="coreset fractions per class, comma-separated (default: 0.1,0.2,0.3)")
+    p.add_argument("--compare-fraction", type=fraction,
+                   help="size of the top / near-zero / negative CLD comparison (default: smallest fraction)")
+    p.add_argument("--seeds", type=positive_int, default=2,
+                   help="retraining seeds of every coreset and of the full split; the table "
+                        "gives mean ± std over them (default: %(default)s)")
+    add_data(p)
+    add_recipe(p, proxy=True)
+    add_tracking(p)
+    add_output(p, "cldfast-out")
+    p.set_defaults(handler=handle)
+    return handle
+
+
+def handle(args: argparse.Namespace) -> int:
+    from ..pipeline.workflows import run
+
+    result = run(data_from_args(args), args.out, proxy_arch=args.proxy_arch, arch=args.arch,
+                 proxy_recipe=recipe_from_args(args, "proxy"), recipe=recipe_from_args(args),
+                 fractions=args.fractions, compare_fraction=args.compare_fraction,
+                 val_fraction=args.val_fraction, loss_source=args.loss_source,
+                 track_epochs=args.track_epochs, track_every=args.track_every,
+                 per_class=not args.global_val, seeds=args.seeds, resume=args.resume,
+                 progress=not args.quiet)
+    print(result.table)
+    for note in result.notes:
+        print("\n" + note)
+    print(f"\nOutputs in {result.out}/: scores.npz, indices/, metrics.json, results.md, "
+          f"plots/accuracy_vs_fraction.png, plots/cld_histograms.png, run.log")
+    return 0

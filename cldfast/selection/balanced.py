@@ -1,0 +1,207 @@
+"""Coreset selection from per-sample scores.
+
+All indices returned are indices into the ORIGINAL dataset: ``scores[k]`` belongs to the
+sample ``dataset_indices[k]`` (the training split's positions are never returned).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ORDERS", "select", "class_quotas", "ccs_select", "check_fraction", "check_fractions"]
+
+ORDERS = ("top", "bottom", "zero", "random")
+
+
+def check_fraction(fraction: float, name: str = "fraction") -> float:
+    """The one check of a coreset fraction: a number in (0, 1]."""
+    try:
+        f = float(fraction)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number in (0, 1]; got {fraction!r}") from None
+    if not (0.0 < f <= 1.0) or math.isnan(f):
+        raise ValueError(f"{name} must be in (0, 1]; got {fraction}")
+    return f
+
+
+def check_fractions(fractions: Any, name: str = "fractions") -> list[float]:
+    """Sorted distinct fractions, each checked by :func:`check_fraction`; at least one."""
+    values = sorted({check_fraction(f, name) for f in fractions})
+    if not values:
+        raise ValueError(f"{name} must hold at least one fraction in (0, 1]; got {list(fractions)}")
+    return values
+
+
+def class_quotas(labels: np.ndarray, *, fraction: float | None = None,
+                 per_class: int | None = None) -> dict[int, int]:
+    """Samples to keep per class: ``round(fraction * n_c)`` or ``per_class`` (capped at n_c)."""
+    classes, counts = np.unique(labels, return_counts=True)
+    if (fraction is None) == (per_class is None):
+        raise ValueError("give exactly one of fraction= or per_class=")
+    if fraction is not None:
+        f = check_fraction(fraction)
+        # Round half up, as a person would read round(f * n_c), not numpy's half-to-even.
+        return {int(c): int(math.floor(f * n + 0.5)) for c, n in zip(classes, counts)}
+    k = int(per_class)
+    if k < 1 or k != per_class:
+        raise ValueError(f"per_class must be a positive integer; got {per_class}")
+    return {int(c): min(k, int(n)) for c, n in zip(classes, counts)}
+
+
+def _dataset_indices(dataset_indices: Any, n: int) -> np.ndarray:
+    """[n] int64 original dataset index of each score (default 0..n-1), checked distinct."""
+    ids = np.arange(n) if dataset_indices is None else np.asarray(dataset_indices, np.int64)
+    if ids.shape != (n,):
+        raise ValueError(f"dataset_indices has {ids.shape[0] if ids.ndim else 0} entries but "
+                         f"scores has {n}")
+    if np.unique(ids).shape[0] != n:
+        raise ValueError("dataset_indices holds duplicates: each entry must be a distinct sample")
+    return ids
+
+
+def _ranking(scores: np.ndarray, dataset_indices: np.ndarray, order: str,
+             rng: np.random.Generator) -> np.ndarray:
+    """Positions of the finite scores, best first; ties go to the lower dataset index."""
+    finite = np.flatnonzero(np.isfinite(scores))
+    s = scores[finite]
+    if order == "top":
+        key = -s
+    elif order == "bottom":
+        key = s
+    elif order == "zero":
+        key = np.abs(s)
+    else:
+        key = rng.random(finite.shape[0])
+    return finite[np.lexsort((dataset_indices[finite], key))]
+
+
+def select(scores: Any, labels: Any, *, fraction: float | None = None,
+           per_class: int | None = None, order: str = "top", class_balanced: bool = True,
+           dataset_indices: Any = None, seed: int = 0) -> np.ndarray:
+    """Choose a coreset.
+
+    Args:
+        scores: [N] float scores (NaN = no score; never selected).
+        labels: [N] int classes of the same samples.
+        fraction: keep ``round(fraction * n_c)`` per class (or of N when not class-balanced).
+        per_class: keep ``per_class`` samples of every class (class-balanced only).
+        order: ``top`` (highest first), ``bottom`` (lowest first), ``zero`` (closest to 0
+            first) or ``random`` (uniform among scored samples, seeded).
+        class_balanced: rank within each class (default) or over all samples.
+        dataset_indices: [N] original dataset index of each entry (default: 0..N-1).
+        seed: for ``order="random"``.
+
+    Returns the selected original dataset indices as a sorted int64 array. When a class has
+    fewer scored samples than its quota, all of its scored samples are taken.
+    """
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels).reshape(-1)
+    if y.shape != s.shape:
+        raise ValueError(f"labels has {y.shape[0]} entries but scores has {s.shape[0]}")
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {', '.join(ORDERS)}; got {order!r}")
+    ids = _dataset_indices(dataset_indices, s.shape[0])
+    rng = np.random.default_rng(seed)
+    if not class_balanced:
+        if per_class is not None:
+            raise ValueError("per_class= needs class_balanced=True; use fraction= for a global top-k")
+        if fraction is None:
+            raise ValueError("give fraction= for a selection without class balance")
+        k = int(math.floor(check_fraction(fraction) * s.shape[0] + 0.5))
+        chosen = _ranking(s, ids, order, rng)[:k]
+        return np.sort(ids[chosen])
+    quotas = class_quotas(y, fraction=fraction, per_class=per_class)
+    picked = []
+    for c, quota in quotas.items():
+        members = np.flatnonzero(y == c)
+        ranked = _ranking(s[members], ids[members], order, rng)
+        picked.append(ids[members[ranked[:quota]]])
+    out = np.concatenate(picked) if picked else np.zeros(0, np.int64)
+    return np.sort(out.astype(np.int64))
+
+
+def ccs_select(scores: Any, labels: Any, *, fraction: float, hard: str = "top",
+               beta: float = 0.1, strata: int = 50, class_balanced: bool = False,
+               dataset_indices: Any = None, seed: int = 0) -> np.ndarray:
+    """Coverage-centric coreset selection (CCS; Zheng et al., ICLR 2023).
+
+    1. Drop the hardest ``floor(beta * n)`` scored samples (the ``hard`` end: ``top`` = the
+       highest scores are hardest, ``bottom`` = the lowest), but never so many that fewer
+       than the budget remain.
+    2. Split the rest into ``strata`` bins of equal score width between their min and max.
+    3. Spread the budget over the bins, smallest bin first: each gets
+       ``min(its size, remaining budget // bins left)``, so small bins are taken whole and
+       the rest is shared evenly by the larger ones (the last bin takes what remains).
+    4. Draw each bin's share uniformly at random (``numpy.random.default_rng(seed)``; bins in
+       ascending score order, members in dataset-index order before the draw).
+
+    Args:
+        scores: [N] float difficulty scores (NaN = no score; never selected).
+        labels: [N] int classes.
+        fraction: budget ``round(fraction * N)`` (half up) over all samples, or
+            ``round(fraction * n_c)`` per class when ``class_balanced`` (CCS within each class).
+        hard: which end is hardest, ``top`` or ``bottom``.
+        beta: hard cutoff rate in [0, 1).
+        strata: number of bins, >= 1 (the paper uses 50).
+        class_balanced: run CCS within every class with its own quota (default: over all
+            samples, as in the paper).
+        dataset_indices: [N] original dataset index of each entry (default 0..N-1).
+        seed: seed of the draws.
+
+    Returns the selected original dataset indices, sorted int64.
+    """
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels).reshape(-1)
+    if y.shape != s.shape:
+        raise ValueError(f"labels has {y.shape[0]} entries but scores has {s.shape[0]}")
+    if hard not in ("top", "bottom"):
+        raise ValueError(f"hard must be 'top' or 'bottom'; got {hard!r}")
+    b = float(beta)
+    if not 0.0 <= b < 1.0:
+        raise ValueError(f"beta (CCS hard cutoff rate) must be in [0, 1); got {beta}")
+    k = int(strata)
+    if k < 1 or k != strata:
+        raise ValueError(f"strata must be a positive integer; got {strata}")
+    f = check_fraction(fraction)
+    ids = _dataset_indices(dataset_indices, s.shape[0])
+    rng = np.random.default_rng(seed)
+
+    def one_group(members: np.ndarray, budget: int) -> np.ndarray:
+        ranked = members[_ranking(s[members], ids[members], hard, rng)]  # hardest first, finite only
+        budget = min(budget, ranked.shape[0])
+        n_prune = min(int(math.floor(b * ranked.shape[0])), ranked.shape[0] - budget)
+        pool = ranked[n_prune:]
+        if budget == 0 or pool.size == 0:
+            return np.zeros(0, np.int64)
+        ps = s[pool]
+        lo, hi = float(ps.min()), float(ps.max())
+        if hi > lo:
+            bins = np.minimum(np.floor((ps - lo) / (hi - lo) * k).astype(np.int64), k - 1)
+        else:
+            bins = np.zeros(pool.shape[0], np.int64)
+        sizes = np.bincount(bins, minlength=k)
+        share = np.zeros(k, np.int64)
+        left = budget
+        for i, stratum in enumerate(np.argsort(sizes, kind="stable")):
+            take = min(int(sizes[stratum]), left // (k - i))
+            share[stratum] = take
+            left -= take
+        picked = []
+        for stratum in range(k):
+            if share[stratum] == 0:
+                continue
+            members_k = pool[bins == stratum]
+            members_k = members_k[np.argsort(ids[members_k], kind="stable")]
+            picked.append(rng.choice(members_k, size=int(share[stratum]), replace=False))
+        return ids[np.concatenate(picked)] if picked else np.zeros(0, np.int64)
+
+    if not class_balanced:
+        chosen = one_group(np.arange(s.shape[0]), int(math.floor(f * s.shape[0] + 0.5)))
+    else:
+        parts = [one_group(np.flatnonzero(y == c), quota)
+                 for c, quota in class_quotas(y, fraction=f).items()]
+        chosen = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    return np.sort(chosen.astype(np.int64))

@@ -1,0 +1,400 @@
+"""The one training loop behind `cldfast track`, `train` and `run`.
+
+A model is trained on a set of ORIGINAL dataset indices with the recipe's optimizer and
+schedule (:mod:`cldfast.training.recipe`). When a :class:`Tracking` is given, CLD is recorded
+on the way: in ``eval`` mode (the paper's estimator, the default of the pipeline) from an
+eval-mode pass over the training split after every tracked epoch, which also gives the
+validation split's losses (one pass over both, see :func:`cldfast.training.predict` for what
+makes it fast); in ``train`` mode (an approximation) from the training forward pass's own
+per-sample losses (fused cross-entropy, no extra pass over the training split), plus an eval
+pass over the validation split. A checkpoint (model, optimizer, scheduler, tracker,
+recorders, pruner, RNG states) is written atomically after every epoch; ``resume=True``
+continues from it. Shuffling and augmentation are re-seeded from (seed, epoch) at the start
+of every epoch, so a resumed run on the CPU repeats an uninterrupted one bit for bit.
+
+Under torchrun (see :mod:`cldfast.core.distributed`) the model is wrapped in
+DistributedDataParallel, each rank trains on its DistributedSampler share (padding
+included) and records only its own batches; evaluation passes are split between ranks;
+every rank writes its own checkpoint file per epoch, and rank 0 then commits the epoch in a
+small manifest, so a run killed at any moment resumes from an epoch all ranks completed.
+
+The parts, in the order :func:`fit` runs them: :class:`_Run` builds the model, optimizer and
+schedule and restores a checkpoint (``resume``); ``train_epoch`` is the batch loop;
+:meth:`Tracking.close_checkpoint` closes a CLD checkpoint; ``test`` is the test pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..core import distributed as ddist
+from ..core.tracker import CLDTracker
+from ..data.datasets import DatasetBundle
+from ..data.indexed import IndexedSubset, make_loader
+from .checkpoints import Checkpoints, Preempted, SigtermWatch, jsonable, load_checkpoint
+from .evaluation import mean_across, shared_predict, to_device, tqdm
+from .models import model_name, resolve_model
+from .recipe import Recipe, make_optimizer, make_scheduler, smoothed_losses
+
+log = logging.getLogger("cldfast")
+
+__all__ = ["LOSS_SOURCES", "Tracking", "BatchRecorder", "FitResult", "fit"]
+
+LOSS_SOURCES = ("eval", "train")
+
+
+class BatchRecorder(Protocol):
+    """Something that watches the training pass, e.g. a streaming baseline score.
+
+    ``on_batch`` gets the positions (CPU or device int64 [B], positions in the training
+    split), the detached logits [B, C] and the targets [B] of every training batch;
+    ``on_epoch_end`` is called after each epoch (0-based). ``state_dict`` /
+    ``load_state_dict`` go into the per-epoch checkpoint, so a resumed run continues them.
+    The recorders of :mod:`cldfast.scores.recorders`, a :class:`cldfast.CLDTracker` (train-mode
+    losses) and the pruners of :mod:`cldfast.training.pruning` are BatchRecorders.
+    """
+
+    def on_batch(self, positions: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
+                 epoch: int) -> None: ...
+
+    def on_epoch_end(self, epoch: int) -> None: ...
+
+    def score_arrays(self) -> dict[str, np.ndarray]:
+        """Named [N] score arrays (stored in the scores file by :func:`cldfast.pipeline.track`)."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class Tracking:
+    """What to record while training: the tracker over the training split, the source of
+    the losses, the validation split (original indices) and which epochs feed CLD."""
+
+    tracker: CLDTracker
+    loss_source: str  # "eval" (the paper's estimator) or "train" (an approximation)
+    val_indices: np.ndarray
+    epochs: list[int]  # 0-based epochs whose end is a CLD checkpoint
+
+    def __post_init__(self) -> None:
+        if self.loss_source not in LOSS_SOURCES:
+            raise ValueError(f"loss_source must be one of {LOSS_SOURCES}; got {self.loss_source!r}")
+        self._tracked = set(int(e) for e in self.epochs)
+
+    def records_training(self, epoch: int) -> bool:
+        """Whether the training pass of ``epoch`` feeds the tracker (train mode)."""
+        return self.loss_source == "train" and epoch in self._tracked
+
+    def close_checkpoint(self, run: "_Run", epoch: int) -> dict[str, float] | None:
+        """After a tracked epoch: the eval pass (eval mode: training and validation split in
+        one pass; train mode: the validation split), ``record_validation`` and ``end_epoch``.
+        Returns the validation loss and accuracy for the epoch's log (None if untracked)."""
+        if epoch not in self._tracked:
+            return None
+        tr, n_train = self.tracker, run.train_indices.shape[0]
+        if self.loss_source == "eval":
+            # One eval pass serves the training split's losses and the validation split's:
+            # the two index lists are concatenated and split again after.
+            both = np.concatenate([run.train_indices, self.val_indices])
+            positions, losses, vcorrect = shared_predict(
+                run.model, run.bundle.train_eval, both, run.recipe, run.device,
+                "eval pass (train + validation split)", run.progress)
+            is_train = positions < n_train
+            mask = torch.from_numpy(is_train)
+            tr.record(torch.from_numpy(positions[is_train]), losses[mask].to(tr.device))
+            positions = positions[~is_train] - n_train
+            vloss, vcorrect = losses[~mask], vcorrect[~mask]
+            run.result.extra_forward_passes += 1
+        else:
+            positions, vloss, vcorrect = shared_predict(
+                run.model, run.bundle.train_eval, self.val_indices, run.recipe, run.device,
+                "validation", run.progress)
+        tr.record_validation(vloss, torch.from_numpy(positions))
+        tr.end_epoch()
+        val_loss, val_acc = mean_across(vloss, vcorrect)
+        return {"val_loss": val_loss, "val_acc": val_acc}
+
+
+@dataclass
+class FitResult:
+    model: torch.nn.Module
+    history: list[dict[str, float]] = field(default_factory=list)
+    test_accuracy: float = float("nan")
+    seconds: float = 0.0
+    tracking_seconds: float = 0.0
+    extra_forward_passes: int = 0
+    peak_rss_mb: float = 0.0
+    peak_cuda_mb: float = 0.0
+    prune: dict[str, Any] | None = None  # the pruner's summary (sample-passes saved, ...)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (int(seed) * 1_000_003 + int(epoch) * 7919) % 2**62
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+
+class _Run:
+    """One call of :func:`fit`: the model, optimizer, schedule, checkpoints and the result."""
+
+    def __init__(self, bundle: DatasetBundle, train_indices: np.ndarray, model: Any,
+                 recipe: Recipe, *, tracking: Tracking | None, recorders: Sequence[BatchRecorder],
+                 pruner: Any, checkpoint: str | Path | None, progress: bool, desc: str,
+                 run_config: dict[str, Any] | None) -> None:
+        recipe.check()
+        self.bundle, self.recipe, self.desc = bundle, recipe, desc
+        self.train_indices = np.asarray(train_indices, dtype=np.int64)
+        self.tracking, self.recorders, self.pruner = tracking, list(recorders), pruner
+        self.device = ddist.local_device(recipe.resolved_device())
+        self.rank, self.world = ddist.rank_world()
+        self.progress = progress and self.rank == 0
+        _seed_everything(recipe.seed)
+        self.model = resolve_model(model, bundle.num_classes, bundle.input_shape).to(self.device)
+        # channels_last on the CPU too (mkldnn's pooling and convolutions are much faster in
+        # it), but not under DDP there: its gradient buckets follow the parameters' strides.
+        train_cl = recipe.channels_last if recipe.train_channels_last is None else recipe.train_channels_last
+        self.channels_last = train_cl and (self.device.type == "cuda" or self.world == 1)
+        self.amp = recipe.amp and self.device.type == "cuda"
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if self.world > 1 and recipe.sync_bn:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.net = (torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if self.world > 1 else self.model)
+        self.opt = make_optimizer(self.model.parameters(), recipe)
+        self.sched = make_scheduler(self.opt, recipe)
+        self.config = {"arch": model_name(model), "recipe": asdict(recipe),
+                       "dataset": bundle.fingerprint, "num_train": int(len(train_indices)),
+                       "world_size": self.world, **(run_config or {})}
+        self.result = FitResult(model=self.model)
+        self.ckpts = Checkpoints(Path(checkpoint)) if checkpoint is not None else None
+        self.start_epoch, self.resume_batches = 0, 0
+        self.resume_partial: list[float] | None = None
+        self.resume_rng: dict[str, Any] | None = None
+        self.train_set = IndexedSubset(bundle.train, self.train_indices)
+        # Watchers of every batch: the recorders, and a pruner that scores from the batches.
+        self.watchers = self.recorders + ([pruner] if pruner is not None and pruner.needs_batches
+                                          else [])
+
+    # ----- checkpoints ---------------------------------------------------------------------
+    def resume(self) -> None:
+        """Continue from the latest checkpoint, if any (its config must match this run's)."""
+        ckpt = self.ckpts.latest() if self.ckpts is not None else None
+        if ckpt is None:
+            if self.ckpts is not None:
+                log.info("no checkpoint at %s; starting %s from scratch", self.ckpts.path, self.desc)
+            return
+        state = load_checkpoint(ckpt)
+        if state.get("config") != jsonable(self.config):
+            raise ValueError(f"{ckpt} was written by a run with other settings; resume with the "
+                             "same options, or delete the checkpoint / use another output folder")
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        if self.tracking is not None:
+            self.tracking.tracker.load_state_dict(state["tracker"])
+        for rec, rec_state in zip(self.recorders, state.get("recorders") or []):
+            rec.load_state_dict(rec_state)
+        if self.pruner is not None:
+            self.pruner.load_state_dict(state["pruner"])
+        self.start_epoch = int(state["epoch"])
+        self.resume_batches = int(state.get("batches_done", 0))
+        self.resume_partial = state.get("partial")
+        self.resume_rng = state.get("rng")
+        r = self.result
+        r.history = list(state["history"])
+        r.seconds = float(state.get("seconds", 0.0))
+        r.tracking_seconds = float(state.get("tracking_seconds", 0.0))
+        r.extra_forward_passes = int(state.get("extra_forward_passes", 0))
+        log.info("resumed %s from %s at epoch %d%s", self.desc, ckpt, self.start_epoch,
+                 f" after batch {self.resume_batches}" if self.resume_batches else "")
+
+    def snapshot(self, epoch_done: int, batches_done: int, partial: list[float] | None) -> dict[str, Any]:
+        r = self.result
+        return {
+            "config": jsonable(self.config), "epoch": epoch_done, "batches_done": batches_done,
+            "partial": partial, "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "tracker": self.tracking.tracker.state_dict() if self.tracking is not None else None,
+            "recorders": [rec.state_dict() for rec in self.recorders],
+            "pruner": self.pruner.state_dict() if self.pruner is not None else None,
+            "history": r.history, "seconds": r.seconds,
+            "tracking_seconds": r.tracking_seconds,
+            "extra_forward_passes": r.extra_forward_passes,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    "python": list(random.getstate()[1])},
+        }
+
+    # ----- one epoch -----------------------------------------------------------------------
+    def _loader(self, epoch: int):
+        sampler = None
+        if self.pruner is not None:
+            sampler = self.pruner.sampler(epoch, rank=self.rank, world_size=self.world)
+        elif self.world > 1:
+            sampler = torch.utils.data.DistributedSampler(
+                self.train_set, num_replicas=self.world, rank=self.rank, shuffle=True,
+                seed=self.recipe.seed, drop_last=False)
+            sampler.set_epoch(epoch)
+        return make_loader(self.train_set, self.recipe.batch_size, shuffle=sampler is None,
+                           num_workers=self.recipe.workers,
+                           seed=_epoch_seed(self.recipe.seed, epoch), sampler=sampler)
+
+    def _batch_losses(self, k, out, y, record: bool) -> torch.Tensor:
+        """Per-sample losses of the training objective (CE, label-smoothed if asked); in
+        train mode the plain CE goes into the tracker on the way (fused kernel)."""
+        if record:
+            ce = self.tracking.tracker.record(k, logits=out, targets=y)
+        else:
+            ce = F.cross_entropy(out.float(), y, reduction="none")
+        return smoothed_losses(ce, out, float(self.recipe.label_smoothing))
+
+    def train_epoch(self, epoch: int, stop: int, watch: SigtermWatch) -> dict[str, float]:
+        """The batch loop of ``epoch``; returns the epoch's training loss and accuracy."""
+        self.net.train()
+        # Augmentation in the main process draws from torch's global generator.
+        torch.manual_seed(_epoch_seed(self.recipe.seed, epoch) + self.rank)
+        loader = self._loader(epoch)
+        record = self.tracking is not None and self.tracking.records_training(epoch)
+        # Running sums stay on the device: reading them every batch would synchronise.
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, correct, seen
+        skip = self.resume_batches if epoch == self.start_epoch else 0
+        if skip and self.resume_partial is not None:
+            sums += torch.tensor(self.resume_partial, dtype=torch.float64, device=self.device)
+        bar = tqdm(loader, desc=f"{self.desc} {epoch + 1}/{stop}", leave=False,
+                   disable=not self.progress)
+        for b, batch in enumerate(bar):
+            if b < skip:
+                # Replaying the loader repeats the original run's shuffling and augmentation;
+                # the saved generator state then covers what the skipped steps consumed.
+                if b == skip - 1 and self.resume_rng is not None:
+                    torch.set_rng_state(self.resume_rng["torch"])
+                continue
+            x, y, k = to_device(batch, self.device, self.channels_last)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                out = self.net(x)
+            losses = self._batch_losses(k, out, y, record)
+            if self.watchers:
+                # Under torch.distributed every rank's recorders see every rank's batch, so
+                # each holds the whole run's per-sample state (the scores rank 0 writes).
+                seen_k, seen_out, seen_y = ddist.gather_batch(k, out.detach(), y)
+                for rec in self.watchers:
+                    rec.on_batch(seen_k, seen_out, seen_y, epoch)
+            if self.pruner is not None:
+                loss = (losses * self.pruner.loss_weights(k, losses.device)).mean()
+            else:
+                loss = losses.mean()
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            with torch.no_grad():
+                sums[0] += losses.detach().sum()
+                sums[1] += (out.argmax(1) == y).sum()
+                sums[2] += y.shape[0]
+            if self.progress and b % 50 == 0:
+                tl, tc, ts = sums.tolist()
+                bar.set_postfix(loss=f"{tl / ts:.3f}", acc=f"{100 * tc / ts:.1f}%")
+            if watch.agreed(b):
+                if self.ckpts is not None:
+                    self.ckpts.save(f"epoch{epoch}-batch{b + 1}", self.snapshot(epoch, b + 1, sums.tolist()))
+                raise Preempted(f"epoch {epoch + 1}, after batch {b + 1}")
+        tot_loss, tot_correct, seen = sums.tolist()
+        self.sched.step()
+        for rec in self.recorders:
+            rec.on_epoch_end(epoch)
+        tot_loss, tot_correct, seen = ddist.sum_across([tot_loss, float(tot_correct), float(seen)])
+        entry = {"epoch": epoch + 1, "train_loss": tot_loss / max(seen, 1),
+                 "train_acc": tot_correct / max(seen, 1), "lr": self.opt.param_groups[0]["lr"]}
+        if self.pruner is not None:
+            entry["kept_fraction"] = float(self.pruner.history[-1]["kept"]) / self.pruner.num_samples
+        return entry
+
+    def test(self) -> float:
+        _, losses, correct = shared_predict(self.model, self.bundle.test,
+                                            np.arange(len(self.bundle.test_targets)), self.recipe,
+                                            self.device, "test", self.progress)
+        return mean_across(losses, correct)[1]
+
+
+def fit(bundle: DatasetBundle, train_indices: np.ndarray, model: Any, recipe: Recipe, *,
+        tracking: Tracking | None = None, stop_epoch: int | None = None,
+        checkpoint: str | Path | None = None, resume: bool = False, evaluate_test: bool = True,
+        progress: bool = True, desc: str = "train", run_config: dict[str, Any] | None = None,
+        recorders: Sequence[BatchRecorder] = (), pruner: Any = None) -> FitResult:
+    """Train ``model`` on ``bundle.train[train_indices]``, optionally tracking CLD.
+
+    Args:
+        model: an architecture name (:func:`cldfast.training.build_model`), an ``nn.Module``
+            (copied: every fit starts from its weights as given) or a factory
+            ``fn(num_classes, input_shape) -> nn.Module``.
+        train_indices: int64 [M] original dataset indices to train on (with tracking: the
+            training split, in the order the tracker's positions refer to).
+        stop_epoch: stop after this many epochs (default ``recipe.epochs``); the learning
+            rate schedule still follows ``recipe.epochs``.
+        checkpoint: file for the per-epoch checkpoint; ``resume`` continues from it.
+        run_config: anything identifying the run; a resumed checkpoint must match it.
+        recorders: watchers of every training batch (see :class:`BatchRecorder`).
+        pruner: a :class:`cldfast.training.pruning.Pruner`: each epoch trains on its plan,
+            each kept sample's loss weighted by its weight.
+    """
+    run = _Run(bundle, train_indices, model, recipe, tracking=tracking, recorders=recorders,
+               pruner=pruner, checkpoint=checkpoint, progress=progress, desc=desc,
+               run_config=run_config)
+    if resume:
+        run.resume()
+    stop = recipe.epochs if stop_epoch is None else int(stop_epoch)
+    result, watch = run.result, SigtermWatch()
+    try:
+        for epoch in range(run.start_epoch, stop):
+            t0 = time.perf_counter()
+            entry = run.train_epoch(epoch, stop, watch)
+            train_seconds = time.perf_counter() - t0
+            if tracking is not None:
+                t1 = time.perf_counter()
+                val = tracking.close_checkpoint(run, epoch)
+                if val is not None:
+                    entry.update(val)
+                    result.tracking_seconds += time.perf_counter() - t1
+            result.seconds += time.perf_counter() - t0
+            entry["seconds"] = time.perf_counter() - t0
+            entry["train_seconds"] = train_seconds
+            result.history.append(entry)
+            msg = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items())
+            log.info("%s epoch %d/%d: %s", desc, epoch + 1, stop, msg)
+            if run.ckpts is not None:
+                run.ckpts.save(f"epoch{epoch + 1}", run.snapshot(epoch + 1, 0, None))
+            if watch.agreed():
+                raise Preempted(f"the end of epoch {epoch + 1}")
+    finally:
+        watch.close()
+    if evaluate_test:
+        result.test_accuracy = run.test()
+        log.info("%s: test accuracy %.2f %%", desc, 100 * result.test_accuracy)
+    if pruner is not None:
+        result.prune = pruner.summary()
+    result.peak_rss_mb = _peak_rss_mb()
+    if run.device.type == "cuda":
+        result.peak_cuda_mb = torch.cuda.max_memory_allocated(run.device) / 2**20
+    return result

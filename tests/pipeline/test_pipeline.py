@@ -1,0 +1,216 @@
+"""End-to-end pipeline and CLI on cut-down configurations (digits, generated CIFAR and
+ImageFolder data), resume equivalence, and the CLI's error messages."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import cldfast.training.checkpoints as training_checkpoints
+from cldfast.cli import main
+from cldfast.io import load_scores
+from cldfast.pipeline import DataSpec, track
+from cldfast.training import Recipe
+
+QUICK = ["--dataset", "digits", "--batch-size", "64", "--lr", "0.05", "--quiet"]
+
+
+@pytest.mark.slow
+def test_run_end_to_end_on_digits(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["run", *QUICK, "--epochs", "2", "--proxy-epochs", "4", "--fractions", "0.3,0.5",
+               "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| fraction | samples | CLD (top) | random |" in printed
+    assert "near-zero CLD" in printed and "most negative CLD" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["results"]) == {"full", "cld_top_0.3", "random_0.3", "cld_top_0.5",
+                                       "random_0.5", "cld_zero_0.3", "cld_bottom_0.3"}
+    for r in metrics["results"].values():
+        assert 0.0 <= r["test_accuracy"] <= 1.0
+    sf = load_scores(out / "scores.npz")
+    assert np.isfinite(sf.scores).all()  # 4 checkpoints: every sample has 3 differences
+    assert sf.metadata["dataset"] == "digits" and sf.metadata["tracked_epochs"] == [1, 2, 3, 4]
+    # Indices are original dataset indices, from the training split only.
+    idx = np.load(out / "indices" / "cld_top_0.3.npy")
+    assert np.isin(idx, sf.train_indices).all() and not np.isin(idx, sf.val_indices).any()
+    assert metrics["results"]["cld_top_0.3"]["samples"] == idx.size
+    for png in ("accuracy_vs_fraction.png", "cld_histograms.png"):
+        assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "test accuracy" in (out / "run.log").read_text()
+
+
+def test_scores_file_is_plain_numpy(tmp_path):
+    main(["track", *QUICK, "--epochs", "3", "--out", str(tmp_path)])
+    with np.load(tmp_path / "scores.npz", allow_pickle=False) as z:
+        meta = json.loads(str(z["metadata"]))
+        n = z["scores"].shape[0]
+        assert z["labels"].shape == z["train_indices"].shape == (n,)
+        assert n + z["val_indices"].shape[0] == 1437  # digits' training split
+    for key in ("dataset", "arch", "epochs_trained", "loss_source", "seed", "version", "fingerprint"):
+        assert key in meta
+
+
+def test_select_cli_writes_original_indices(tmp_path, capsys):
+    main(["track", *QUICK, "--epochs", "3", "--out", str(tmp_path)])
+    sf = load_scores(tmp_path / "scores.npz")
+    for order in ("top", "bottom", "zero", "random"):
+        out = tmp_path / f"{order}.npy"
+        assert main(["select", str(tmp_path / "scores.npz"), "--per-class", "5", "--order", order,
+                     "-o", str(out)]) == 0
+        idx = np.load(out)
+        assert idx.size == 5 * 10 and np.unique(idx).size == idx.size
+        pos = np.searchsorted(sf.train_indices, idx)
+        assert np.array_equal(sf.train_indices[pos], idx)
+        assert np.bincount(sf.labels[pos], minlength=10).tolist() == [5] * 10
+        if order == "top":
+            for c in range(10):
+                members = sf.scores[sf.labels == c]
+                assert sf.scores[pos][sf.labels[pos] == c].min() >= np.sort(members)[-5]
+
+
+def test_resume_repeats_uninterrupted_run_bit_for_bit(tmp_path, monkeypatch):
+    recipe = Recipe(epochs=4, batch_size=64, lr=0.05, device="cpu", seed=3)
+    data = DataSpec("digits")
+    straight, _ = track(data, tmp_path / "a", recipe=recipe, progress=False)
+
+    real_save = training_checkpoints.save_checkpoint
+    calls = {"n": 0}
+
+    def crash_after_two(path, state):
+        real_save(path, state)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated kill after epoch 2")
+
+    monkeypatch.setattr(training_checkpoints, "save_checkpoint", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        track(data, tmp_path / "b", recipe=recipe, progress=False)
+    monkeypatch.setattr(training_checkpoints, "save_checkpoint", real_save)
+    resumed, _ = track(data, tmp_path / "b", recipe=recipe, resume=True, progress=False)
+    np.testing.assert_array_equal(resumed.scores, straight.scores)
+    assert resumed.metadata["proxy_test_accuracy"] == straight.metadata["proxy_test_accuracy"]
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    data = DataSpec("digits")
+    track(data, tmp_path, recipe=Recipe(epochs=3, batch_size=64, device="cpu"), progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        track(data, tmp_path, recipe=Recipe(epochs=3, batch_size=32, device="cpu"), resume=True,
+              progress=False)
+
+
+def test_eval_loss_source_and_track_epochs(tmp_path):
+    sf, metrics = track(DataSpec("digits"), tmp_path, recipe=Recipe(epochs=6, batch_size=64, device="cpu"),
+                        loss_source="eval", track_epochs=4, progress=False)
+    assert metrics["extra_forward_passes_over_train"] == 4
+    assert sf.metadata["epochs_trained"] == 4 and sf.metadata["loss_source"] == "eval"
+    sf2, _ = track(DataSpec("digits"), tmp_path / "every", track_every=2,
+                   recipe=Recipe(epochs=6, batch_size=64, device="cpu"), progress=False)
+    assert sf2.metadata["tracked_epochs"] == [2, 4, 6]
+
+
+def write_cifar10(root: Path, n_train=60, n_test=20, seed=0):
+    rng = np.random.default_rng(seed)
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    per = n_train // 5
+    for i in range(1, 6):
+        batch = {"data": rng.integers(0, 256, (per, 3072), dtype=np.uint8),
+                 "labels": [int(x) for x in np.arange(per) % 10]}
+        (base / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
+    test = {"data": rng.integers(0, 256, (n_test, 3072), dtype=np.uint8),
+            "labels": [int(x) for x in np.arange(n_test) % 10]}
+    (base / "test_batch").write_bytes(pickle.dumps(test))
+    meta = {"label_names": [f"c{i}" for i in range(10)]}
+    (base / "batches.meta").write_bytes(pickle.dumps(meta))
+
+
+@pytest.mark.slow
+def test_cifar_path_on_generated_folder(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar as cifar
+
+    # Generated files cannot match torchvision's published md5 sums; the format is real.
+    monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
+    write_cifar10(tmp_path / "data")
+    out = tmp_path / "out"
+    rc = main(["track", "--dataset", "cifar10", "--data-path", str(tmp_path / "data"), "--arch",
+               "resnet18", "--epochs", "3", "--batch-size", "16", "--quiet", "--val-fraction", "0.2",
+               "--out", str(out)])
+    assert rc == 0
+    sf = load_scores(out / "scores.npz")
+    assert sf.metadata["dataset"] == "cifar10" and sf.scores.size + sf.val_indices.size == 60
+
+
+@pytest.mark.slow
+def test_imagefolder_path_on_generated_tree(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 8), ("val", 3)):
+        for c in ("cat", "dog", "emu"):
+            d = tmp_path / "tree" / split / c
+            d.mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    out = tmp_path / "out"
+    rc = main(["track", "--dataset", "imagefolder", "--data-path", str(tmp_path / "tree"),
+               "--image-size", "16", "--arch", "small-cnn", "--epochs", "3", "--batch-size", "8",
+               "--val-fraction", "0.25", "--quiet", "--out", str(out)])
+    assert rc == 0
+    sf = load_scores(out / "scores.npz")
+    assert sf.metadata["class_names"] == ["cat", "dog", "emu"] and sf.scores.size == 18
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert main(["track", "--dataset", "fashion-mnist", "--data-path", str(tmp_path / "nowhere"),
+                 "--quiet", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "error" in err
+    with pytest.raises(SystemExit):
+        main(["select", "x.npz", "--fraction", "0"])
+    assert "fraction must be in (0, 1]; got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run", "--fractions", "0.1,2"])
+    assert "fraction must be in (0, 1]; got 2" in capsys.readouterr().err
+    assert main(["select", str(tmp_path / "missing.npz"), "--fraction", "0.1"]) == 2
+    assert "scores file not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"PK\x03\x04 definitely not a zip")
+    assert main(["select", str(bad), "--fraction", "0.1"]) == 2
+    assert "not a readable cldfast scores file" in capsys.readouterr().err
+
+
+def test_scores_from_another_dataset_are_refused(tmp_path, capsys):
+    main(["track", *QUICK, "--epochs", "3", "--out", str(tmp_path)])
+    sf = load_scores(tmp_path / "scores.npz")
+    from cldfast.io import save_scores
+
+    sf.metadata["fingerprint"] = "0123456789abcdef"
+    save_scores(tmp_path / "other.npz", sf)
+    rc = main(["train", *QUICK, "--epochs", "1", "--scores", str(tmp_path / "other.npz"),
+               "--fraction", "0.5", "--out", str(tmp_path / "t")])
+    assert rc == 2
+    assert "computed on another dataset" in capsys.readouterr().err
+    rc = main(["train", *QUICK, "--epochs", "1", "--scores", str(tmp_path / "scores.npz"),
+               "--fraction", "0.5", "--out", str(tmp_path / "t")])
+    assert rc == 0
+    m = json.loads((tmp_path / "t" / "train_metrics.json").read_text())
+    assert m["train_samples"] == int(np.floor(0.5 * np.bincount(sf.labels) + 0.5).sum())
+
+
+def test_train_indices_file_errors(tmp_path, capsys):
+    dup = tmp_path / "dup.npy"
+    np.save(dup, np.array([1, 2, 2]))
+    assert main(["train", *QUICK, "--epochs", "1", "--indices", str(dup), "--out", str(tmp_path)]) == 2
+    assert "appears more than once" in capsys.readouterr().err
+    far = tmp_path / "far.npy"
+    np.save(far, np.array([1, 99999]))
+    assert main(["train", *QUICK, "--epochs", "1", "--indices", str(far), "--out", str(tmp_path)]) == 2
+    assert "outside the dataset" in capsys.readouterr().err
