@@ -94,16 +94,18 @@ def add_data(p: argparse.ArgumentParser) -> None:
                    help="ImageFolder crop size (default 224)")
 
 
-def _epochs_help() -> str:
-    e = DEFAULT_EPOCHS
-    return (f"epochs (default, per dataset: {e['fashion-mnist'][0]} on the embedded data, "
-            f"{e['cifar10'][0]} on CIFAR, {e['imagefolder'][0]} on ImageFolder)")
+def _epochs_help(role: str) -> str:
+    e, k = DEFAULT_EPOCHS, 0 if role == "train" else 1
+    return (f"epochs (default, per dataset: {e['fashion-mnist'][k]} on the embedded data, "
+            f"{e['cifar10'][k]} on CIFAR, {e['imagefolder'][k]} on ImageFolder)")
 
 
-def add_recipe(p: argparse.ArgumentParser, proxy: bool = False) -> None:
+def add_recipe(p: argparse.ArgumentParser, proxy: bool = False, role: str = "train") -> None:
+    """The recipe options; ``proxy`` adds --proxy-epochs (run, bench); ``role`` is whose
+    default epochs --epochs shows (``proxy`` for track)."""
     g = p.add_argument_group("training recipe (defaults: the authors' CIFAR recipe, "
                              "docs/method.md: SGD + Nesterov + multistep)")
-    g.add_argument("--epochs", type=positive_int, metavar="E", help=_epochs_help())
+    g.add_argument("--epochs", type=positive_int, metavar="E", help=_epochs_help(role))
     if proxy:
         g.add_argument("--proxy-epochs", type=positive_int, metavar="E",
                        help=f"epochs of the proxy run (default: "

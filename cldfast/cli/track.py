@@ -21,7 +21,7 @@ def register(sub):
     p.add_argument("--arch", "--proxy-arch", dest="arch", default="small-cnn", metavar="ARCH",
                    help=f"proxy model (default: %(default)s; named: {', '.join(ARCHS)})")
     add_data(p)
-    add_recipe(p)
+    add_recipe(p, role="proxy")
     add_tracking(p)
     add_output(p, "cldfast-out")
     p.set_defaults(handler=handle)

@@ -405,13 +405,13 @@ def _check_native_size(name: str, image_size: Optional[int], native: int) -> Non
 def _load_fashion_mnist(root: Path, augment: bool) -> DatasetBundle:
     if not root.is_dir():
         raise FileNotFoundError(f"Fashion-MNIST folder not found: {root} (apt-get install "
-                                "dataset-fashion-mnist, or pass --data-path)")
+                                "dataset-fashion-mnist, or pass data_path= / --data-path)")
     files = _fashion_mnist_files(root)
     missing = [_FASHION_MNIST_FILES[k] for k, p in files.items() if p is None]
     if missing:
         raise FileNotFoundError(f"Fashion-MNIST files missing in {root}: {', '.join(missing)} "
                                 "(each plain or .gz); apt-get install dataset-fashion-mnist, "
-                                "or pass --data-path")
+                                "or pass data_path= / --data-path")
     arrays = {key: read_idx(path) for key, path in files.items()}  # type: ignore[arg-type]
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]

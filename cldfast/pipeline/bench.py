@@ -263,7 +263,7 @@ def bench(data: Any = None, out: str | Path = "cldfast-bench", *,
             cell = json.loads(path.read_text())
             if cell.get("config_digest") != digest:
                 raise ValueError(f"{path} was written by a bench with other settings (arch, recipe, "
-                                 "proxy or CCS options); use another --out or delete that folder")
+                                 "proxy or CCS options); use another output folder (--out) or delete that folder")
             return cell
         t0 = time.perf_counter()
         if method == "full":

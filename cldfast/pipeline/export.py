@@ -96,6 +96,6 @@ def image_folder_paths(sf: ScoresFile, root: str | os.PathLike) -> list[str]:
 
     samples = ImageFolder(str(root)).samples
     if sf.train_indices.size and int(sf.train_indices.max()) >= len(samples):
-        raise ValueError(f"--image-folder {root} has {len(samples)} images but the scores refer "
+        raise ValueError(f"image folder {root} has {len(samples)} images but the scores refer "
                          f"to index {int(sf.train_indices.max())}")
     return [samples[int(i)][0] for i in sf.train_indices]

@@ -114,7 +114,7 @@ def tracked_epochs(epochs: int, track_epochs: int | None, track_every: int) -> l
     chosen = list(range(k - 1, -1, -int(track_every)))[::-1]
     if len(chosen) < 3:
         log.warning("only %d checkpoints feed CLD (need at least 3 for a score); raise "
-                    "--track-epochs or lower --track-every", len(chosen))
+                    "track_epochs (--track-epochs) or lower track_every (--track-every)", len(chosen))
     return chosen
 
 

@@ -212,7 +212,7 @@ class Pruner:
         if state.get("recorder") != f"pruner-{self.policy}" or state.get("config") != self._config():
             raise ValueError(f"checkpoint holds pruner {state.get('recorder')!r} with "
                              f"{state.get('config')}; this run has pruner-{self.policy} with "
-                             f"{self._config()}: resume with the same --prune options")
+                             f"{self._config()}: resume with the same prune options (PruneSpec / --prune)")
         self._kept = state["kept"].numpy().astype(np.int64).copy()
         self.weights = state["weights"].clone().float()
         self._planned_epoch = int(state["planned_epoch"])
