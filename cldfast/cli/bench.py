@@ -8,7 +8,7 @@ import argparse
 from ..selection.methods import METHODS
 from ..training.models import ARCHS
 from .common import (add_data, add_output, add_recipe, add_tracking, data_from_args, fractions,
-                     positive_int, recipe_from_args)
+                     positive_int, recipe_from_args, unit_interval)
 
 DEFAULT_METHODS = ("cld", "random", "forgetting", "el2n", "aum", "entropy", "kcenter")
 
@@ -29,16 +29,6 @@ def _strategies_arg(text: str) -> list[str]:
         return parse_strategies(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _beta_arg(text: str) -> float:
-    try:
-        b = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= b < 1.0:
-        raise argparse.ArgumentTypeError(f"CCS beta must be in [0, 1); got {text}")
-    return b
 
 
 def register(sub):
@@ -75,7 +65,7 @@ def register(sub):
     p.add_argument("--el2n-epoch", type=positive_int, metavar="E",
                    help="1-based epoch whose training logits give EL2N (default: 10 %% of the "
                         "proxy's epochs, at least 2)")
-    p.add_argument("--ccs-beta", type=_beta_arg, default=0.1,
+    p.add_argument("--ccs-beta", type=unit_interval, default=0.1,
                    help="CCS: fraction of the hardest samples dropped first (default: %(default)s)")
     p.add_argument("--ccs-strata", type=positive_int, default=50,
                    help="CCS: number of score strata (default: %(default)s)")

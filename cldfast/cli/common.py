@@ -32,45 +32,26 @@ def fractions(text: str) -> list[float]:
     return [fraction(t) for t in text.split(",") if t.strip()]
 
 
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+def _number(kind: type, low: float, high: float | None, *, low_open: bool = False,
+            high_open: bool = True, what: str):
+    """An argparse type: ``kind`` in the interval from ``low`` to ``high`` (None: no bound)."""
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        bad_low = v <= low if low_open else v < low
+        bad_high = high is not None and (v >= high if high_open else v > high)
+        if bad_low or bad_high:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return v
+    return parse
 
 
-def nonnegative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
-
-
-def unit_interval(text: str) -> float:
-    """A number in [0, 1)."""
-    try:
-        f = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= f < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
-    return f
-
-
-def val_fraction(text: str) -> float:
-    try:
-        f = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
-    if not 0.0 < f < 1.0:
-        raise argparse.ArgumentTypeError(f"validation fraction must be in (0, 1); got {text}")
-    return f
+positive_int = _number(int, 1, None, what="a positive integer")
+nonnegative_int = _number(int, 0, None, what="an integer >= 0")
+unit_interval = _number(float, 0.0, 1.0, what="a number in [0, 1)")  # [0, 1)
+val_fraction = _number(float, 0.0, 1.0, low_open=True, what="a validation fraction in (0, 1)")
 
 
 def milestones(text: str) -> list[int]:
