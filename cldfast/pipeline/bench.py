@@ -36,7 +36,7 @@ import numpy as np
 from .._core import __version__
 from ..core import distributed as ddist
 from ..data.datasets import DatasetBundle
-from ..io import ScoresFile, load_scores, save_indices, write_json
+from ..io import ScoresFile, load_scores, write_json
 from ..scores.final import make_final_scores
 from ..scores.recorders import default_el2n_epoch, recorders_for_training
 from ..selection.balanced import check_fractions
@@ -210,7 +210,7 @@ def bench(data: Any = None, out: str | Path = "cldfast-bench", *,
 
     Returns a :class:`BenchResult` with the markdown table and everything in ``bench.json``.
     """
-    from .workflows import _dataset_key, load_data, tracked_epochs, train
+    from .workflows import _dataset_key, load_data, retrain_cell, tracked_epochs
 
     t_start = time.perf_counter()
     bundle = load_data(data)
@@ -265,22 +265,19 @@ def bench(data: Any = None, out: str | Path = "cldfast-bench", *,
                 raise ValueError(f"{path} was written by a bench with other settings (arch, recipe, "
                                  "proxy or CCS options); use another output folder (--out) or delete that folder")
             return cell
-        t0 = time.perf_counter()
         if method == "full":
-            idx = sf.train_indices.copy()
+            pick = sf.train_indices.copy
         else:
-            idx = select_for_method(sf, method, strategy, fraction, seed=recipe.seed + s,
-                                    ccs_beta=ccs_beta, ccs_strata=ccs_strata)
-            if ddist.is_main():
-                save_indices(out / "indices" / f"{name}.npy", idx)
-        select_s = time.perf_counter() - t0
-        log.info("bench: training %s on %s (%d samples)", arch, name, idx.size)
-        m = train(bundle, out / "runs", arch=arch, recipe=r, indices=idx, name=name, resume=True,
-                  progress=progress)
+            def pick():
+                return select_for_method(sf, method, strategy, fraction, seed=recipe.seed + s,
+                                         ccs_beta=ccs_beta, ccs_strata=ccs_strata)
+        m = retrain_cell(bundle, out / "runs", name, pick, arch=arch, recipe=recipe, seed=r.seed,
+                         indices_file=None if method == "full" else out / "indices" / f"{name}.npy",
+                         resume=True, progress=progress)
         cell = {"name": name, "method": method, "strategy": strategy, "fraction": fraction,
-                "seed_index": s, "seed": r.seed, "samples": int(idx.size),
+                "seed_index": s, "seed": r.seed, "samples": m["samples"],
                 "test_accuracy": m["test_accuracy"], "train_seconds": m["seconds"],
-                "select_seconds": select_s, "config_digest": digest, "config": cell_cfg}
+                "select_seconds": m["select_seconds"], "config_digest": digest, "config": cell_cfg}
         if ddist.is_main():
             write_json(path, cell)
         ckpt = out / "runs" / "checkpoints" / f"{name}.pt"

@@ -41,7 +41,7 @@ require_all(PIPELINE, "cldfast.pipeline")  # torchvision, tqdm, matplotlib, scik
 log = logging.getLogger("cldfast")
 
 __all__ = ["DataSpec", "PruneSpec", "tracked_epochs", "track", "select_coreset", "select_to_file",
-           "train", "run", "RunResult", "load_data", "EMBEDDED_NOTE"]
+           "train", "retrain_cell", "run", "RunResult", "load_data", "EMBEDDED_NOTE"]
 
 # Said after `cldfast run` / pipeline.run on the embedded data: what the fidelity study found.
 EMBEDDED_NOTE = (
@@ -392,6 +392,26 @@ def _write_scores(tracker: CLDTracker, bundle: DatasetBundle, train_idx: np.ndar
     return sf
 
 
+def retrain_cell(bundle: DatasetBundle, out: str | Path, name: str,
+                 select: Callable[[], np.ndarray], *, arch: Any, recipe: Recipe, seed: int,
+                 indices_file: str | Path | None = None, resume: bool = False,
+                 progress: bool = True) -> dict[str, Any]:
+    """The one retraining cell behind :func:`run` and :func:`cldfast.pipeline.bench.bench`:
+    the coreset ``select()`` (original dataset indices) is written to ``indices_file`` (rank
+    0), then ``arch`` is trained on it with ``recipe`` at ``seed`` (:func:`train`: files
+    ``out/<name>_metrics.json``, checkpoint ``out/checkpoints/<name>.pt``). Returns the
+    training metrics plus ``samples`` and ``select_seconds``."""
+    t0 = time.perf_counter()
+    idx = np.asarray(select(), dtype=np.int64)
+    if indices_file is not None and ddist.is_main():
+        save_indices(indices_file, idx)
+    select_seconds = time.perf_counter() - t0
+    log.info("training %s on %s, seed %d (%d samples)", model_name(arch), name, seed, idx.size)
+    m = train(bundle, out, arch=arch, recipe=replace(recipe, seed=seed), indices=idx, name=name,
+              resume=resume, progress=progress)
+    return {**m, "samples": int(idx.size), "select_seconds": select_seconds}
+
+
 @dataclass
 class RunResult:
     out: Path
@@ -442,21 +462,20 @@ def run(data: DataSpec | DatasetBundle | str | None = None, out: str | Path = "c
         runs.append((f"cld_top_{compare:g}", "top", compare))
     results: dict[str, dict[str, Any]] = {}
     for s in range(seeds):
-        seed_recipe = replace(recipe, seed=recipe.seed + s)
         for name, order, f in runs:
             if order == "full":
-                idx = scores.train_indices
+                pick, file = (lambda: scores.train_indices), None
             else:
-                idx = select_coreset(scores, fraction=f, order=order, seed=recipe.seed + s)
-                if ddist.is_main() and (s == 0 or order == "random"):
-                    save_indices(out / "indices" / (f"{name}.npy" if order != "random" or s == 0
-                                                    else f"{name}-s{s}.npy"), idx)
+                def pick(f=f, order=order, s=s):
+                    return select_coreset(scores, fraction=f, order=order, seed=recipe.seed + s)
+                # CLD coresets do not depend on the seed: one file; random ones, one per seed
+                file = (out / "indices" / (f"{name}.npy" if s == 0 else f"{name}-s{s}.npy")
+                        if (s == 0 or order == "random") else None)
             run_name = name if s == 0 else f"{name}-s{s}"  # seed 0 keeps the old file names
-            log.info("training %s on %s, seed %d (%d samples)", model_name(arch), name,
-                     seed_recipe.seed, idx.size)
-            m = train(bundle, out / "runs", arch=arch, recipe=seed_recipe, indices=idx,
-                      name=run_name, resume=resume, progress=progress)
-            r = results.setdefault(name, {"order": order, "fraction": f, "samples": int(idx.size),
+            m = retrain_cell(bundle, out / "runs", run_name, pick, arch=arch, recipe=recipe,
+                             seed=recipe.seed + s, indices_file=file, resume=resume,
+                             progress=progress)
+            r = results.setdefault(name, {"order": order, "fraction": f, "samples": m["samples"],
                                           "accuracies": [], "seconds": 0.0})
             r["accuracies"].append(m["test_accuracy"])
             r["seconds"] += m["seconds"]
