@@ -4,9 +4,9 @@ Every proxy run is one :func:`cldfast.training.fit` with eval-mode tracking (the
 estimator, cldfast's default) whose tracker also keeps the full eval-mode trajectories of
 the run ([T, N] training losses, [T, Q] validation losses, float32), and a second tracker
 fed by the training pass's own losses (train mode, the approximation) against the same
-per-class validation trajectory; AUM, forgetting and EL2N (cldfast.baselines) are recorded
+per-class validation trajectory; AUM, forgetting and EL2N (cldfast.scores) are recorded
 from the same training logits. Checkpoint subsampling is then replayed from the stored
-trajectories (tests/test_eval_pass.py checks that tracking at subsampled checkpoints
+trajectories (tests/training/test_eval_pass.py checks that tracking at subsampled checkpoints
 equals this replay). Coresets are retrained from scratch (small CNN, SGD, multistep,
 ``--retrain-epochs`` epochs unless said otherwise) over several seeds and tested on the full
 10,000-image test split. Everything is mean ± std (sample std) over seeds.

@@ -2,7 +2,7 @@
 
 Compares, on the same state layout and the same data:
   kernel     cldfast's native kernels (what CLDTracker runs)
-  torch-ops  the same streaming math as a chain of torch ops (cldfast/_reference.py)
+  torch-ops  the same streaming math as a chain of torch ops (cldfast/core/kernels_torch.py)
   numpy      the same streaming math in numpy (np.add.at + vectorised Welford), below
 at N = 50k, 1.28M (ImageNet-1k) and 10M training samples, on the CPU and, when present, on
 a CUDA GPU, where the epoch-end kernel's effective bandwidth is compared with the GPU's

@@ -1,4 +1,4 @@
-"""Pure-torch references of the native kernels (same names as cldfast._ops, with a leading
+"""Pure-torch references of the native kernels (same names as cldfast.core.kernels, with a leading
 underscore). They operate on the same state layout, so tests compare kernel and reference
 state bit for bit or to rounding, and benchmarks use them as the "chain of torch ops"
 baseline. They are correct but allocate temporaries on every call.

@@ -66,7 +66,7 @@ Definitions, on the training logits z [C] of a sample with label y, p = softmax(
   Paul et al. take the full gradient norm early in training over 10 runs; DeepCore uses this
   last-layer form. Keeps the highest.
 * **herding / kcenter**: greedy selections on the penultimate embeddings of that same pass
-  (see :mod:`cldfast.geometry`); their "score" is the pick order (``-t`` for the t-th pick,
+  (see :mod:`cldfast.selection.geometry`); their "score" is the pick order (``-t`` for the t-th pick,
   NaN if never picked), run within each class (balanced) or over all samples (global).
 
 Repeated observations: every observation counts, in order. For forgetting, the copies of

@@ -185,3 +185,36 @@ def test_ddp_two_processes_match_a_plain_tracker(tmp_path):
         assert np.isfinite(want).all()
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(np.load(tmp_path / "cb0.npy"), np.load(tmp_path / "cb1.npy"))
+
+
+def test_pruning_sampler_inside_lightning():
+    """Dynamic pruning in a Lightning Trainer: Lightning calls the sampler's set_epoch, every
+    epoch trains on the pruner's plan, and InfoBatch is fed the batches' logits."""
+    from cldfast.training import InfoBatchPruner, PruningSampler
+
+    x, y, _, _ = data()
+    pruner = InfoBatchPruner(N, 6, saving=0.3, seed=2)
+    sampler = PruningSampler(pruner)
+    seen: dict[int, list] = {}
+    plans: dict[int, np.ndarray] = {}
+
+    class Pruned(Net):
+        def training_step(self, batch, batch_idx):
+            xb, yb, idx = batch
+            logits = self(xb)
+            losses = F.cross_entropy(logits, yb, reduction="none")
+            pruner.on_batch(idx, logits.detach(), yb, self.current_epoch)
+            seen.setdefault(self.current_epoch, []).append(idx)
+            plans.setdefault(self.current_epoch, pruner.plan(self.current_epoch).copy())
+            return (losses * pruner.loss_weights(idx, losses.device).to(losses.dtype)).mean()
+
+        def train_dataloader(self):
+            return DataLoader(TensorDataset(x, y, torch.arange(N)), batch_size=16, sampler=sampler)
+
+    trainer(6, [], enable_checkpointing=False, use_distributed_sampler=False).fit(Pruned())
+    assert sorted(seen) == list(range(6))
+    for epoch, parts in seen.items():
+        np.testing.assert_array_equal(np.sort(torch.cat(parts).numpy()), plans[epoch])
+    kept = [h["kept"] for h in pruner.history]
+    assert kept[0] == N and kept[-1] == N and min(kept) < N  # epoch 0 and the last are full
+    assert 0.15 < pruner.saved < 0.35
