@@ -568,7 +568,16 @@ class CLDTracker(Stateful):
         self.record(positions, logits=logits.detach(), targets=targets)
 
     def on_epoch_end(self, epoch: int) -> None:
-        """Nothing: a checkpoint is closed by ``end_epoch`` once validation losses are in."""
+        """The BatchRecorder hook: close the checkpoint (``end_epoch``). The epoch's
+        validation losses must be in first (``record_validation``); without them this raises
+        rather than let two epochs run together."""
+        if not self._val_recorded:
+            raise RuntimeError(
+                f"CLDTracker.on_epoch_end({epoch}): no validation losses were recorded this "
+                "epoch. Used as a BatchRecorder, the tracker needs record_validation() before "
+                "on_epoch_end(); in cldfast.training.fit pass it as tracking= instead of in "
+                "recorders=, which runs the validation (and eval-mode) passes for it")
+        self.end_epoch()
 
     def score_arrays(self) -> dict[str, np.ndarray]:
         """The recorder view of the results: ``{"cld": [N], "num_differences": [N]}``."""

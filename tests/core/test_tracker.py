@@ -484,3 +484,30 @@ def test_empty_index_list_and_double_backward():
     (g,) = torch.autograd.grad(loss, x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|twice|does not require grad"):
         g.sum().backward()
+
+
+def test_tracker_as_a_batch_recorder_matches_record_and_end_epoch():
+    """CLDTracker through the BatchRecorder hooks (on_batch with logits, on_epoch_end) equals
+    the same losses through record / end_epoch; without validation on_epoch_end refuses."""
+    g = torch.Generator().manual_seed(3)
+    n, q, c, epochs = 40, 12, 3, 4
+    labels, val_labels = torch.randint(0, c, (n,), generator=g), torch.arange(q) % c
+    hooked, plain = CLDTracker(labels, val_labels), CLDTracker(labels, val_labels)
+    for e in range(epochs):
+        logits = torch.randn(n, c, generator=g)
+        val = torch.rand(q, generator=g)
+        for part in torch.arange(n).split(16):
+            hooked.on_batch(part, logits[part], labels[part], e)
+            plain.record(part, torch.nn.functional.cross_entropy(logits[part], labels[part],
+                                                                 reduction="none"))
+        hooked.record_validation(val)
+        plain.record_validation(val)
+        hooked.on_epoch_end(e)
+        plain.end_epoch()
+    torch.testing.assert_close(hooked.scores(), plain.scores(), rtol=0, atol=1e-6)
+    arrays = hooked.score_arrays()
+    assert set(arrays) == {"cld", "num_differences"} and (arrays["num_differences"] == 3).all()
+    fresh = CLDTracker(labels, val_labels)
+    fresh.on_batch(torch.arange(n), torch.randn(n, c), labels, 0)
+    with pytest.raises(RuntimeError, match="record_validation"):
+        fresh.on_epoch_end(0)
