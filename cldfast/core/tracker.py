@@ -571,7 +571,9 @@ class CLDTracker(Stateful):
         """The BatchRecorder hook: close the checkpoint (``end_epoch``). The epoch's
         validation losses must be in first (``record_validation``); without them this raises
         rather than let two epochs run together."""
-        if not self._val_recorded:
+        # Under torch.distributed end_epoch checks for validation losses on all ranks together
+        # (a rank with an empty validation shard may have none); one process checks here.
+        if not self._val_recorded and not self.distributed:
             raise RuntimeError(
                 f"CLDTracker.on_epoch_end({epoch}): no validation losses were recorded this "
                 "epoch. Used as a BatchRecorder, the tracker needs record_validation() before "

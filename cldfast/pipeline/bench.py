@@ -235,7 +235,7 @@ def bench(data: Any = None, out: str | Path = "cldfast-bench", *,
         raise ValueError(f"el2n_epoch must be in [1, {stop}] (the epochs the proxy trains); got {el2n_epoch}")
     cfg = {"dataset": bundle.name, "fingerprint": bundle.fingerprint,
            "proxy_arch": model_name(proxy_arch),
-           "proxy_recipe": asdict(proxy_recipe), "val_fraction": float(val_fraction),
+           "proxy_recipe": proxy_recipe.identity(), "val_fraction": float(val_fraction),
            "loss_source": loss_source, "track_epochs": track_epochs, "track_every": int(track_every),
            "per_class": bool(per_class), "precision": precision, "el2n_epoch": el2n,
            "proxy_epochs_trained": stop}
@@ -253,7 +253,7 @@ def bench(data: Any = None, out: str | Path = "cldfast-bench", *,
 
     def run_cell(name: str, method: str, strategy: str, fraction: float, s: int) -> dict[str, Any]:
         r = replace(recipe, seed=recipe.seed + s)
-        cell_cfg = {**base_cell_cfg, "recipe": asdict(r), "method": method, "strategy": strategy,
+        cell_cfg = {**base_cell_cfg, "recipe": r.identity(), "method": method, "strategy": strategy,
                     "fraction": fraction}
         if strategy != "ccs":
             cell_cfg.pop("ccs")

@@ -235,7 +235,7 @@ def select_to_file(scores: str | Path, *, method: str = "cld", fraction: float |
     info = METHODS[canonical_method(method)]
     order = order or (info.order if info.order in ORDERS else "top")
     values = score_array(sf, info.name)
-    values = np.zeros(sf.labels.shape[0]) if values is None else values
+    values = sf.scores if values is None else values  # random: uniform among CLD-scored samples
     idx = select(values, sf.labels, fraction=fraction, per_class=per_class,
                  order="random" if info.kind == "random" else order,
                  class_balanced=class_balanced, dataset_indices=sf.train_indices, seed=seed)
@@ -323,6 +323,8 @@ def train(data: DataSpec | DatasetBundle | str | None, out: str | Path, *, arch:
 
         tracker = None
         if spec.uses_cld:
+            if val_indices is None and bundle.val_indices is not None:
+                val_indices = bundle.val_indices  # the data's own V (idx already leaves it out)
             if val_indices is None:
                 keep, val_pos = split_train_val(bundle.train_targets[idx], val_fraction, recipe.seed)
                 idx, val_idx = idx[keep], idx[val_pos]

@@ -32,6 +32,7 @@ def last_linear(model: nn.Module, num_classes: int | None = None) -> nn.Linear:
     return found[-1]
 
 
+@torch.no_grad()
 def embed_and_grand(model: nn.Module, dataset, indices: np.ndarray, labels: np.ndarray, *,
                     batch_size: int = 512, device: torch.device | str | None = None,
                     workers: int = 0, keep_embeddings: bool = True, amp: bool = False,
@@ -54,6 +55,7 @@ def embed_and_grand(model: nn.Module, dataset, indices: np.ndarray, labels: np.n
     fc = last_linear(model)
     captured: dict[str, torch.Tensor] = {}
     hook = fc.register_forward_pre_hook(lambda mod, inp: captured.__setitem__("h", inp[0]))
+    was_training = model.training
     n = int(len(indices))
     grand = np.empty(n, np.float64)
     emb = np.empty((n, fc.in_features), np.float32) if keep_embeddings else None
@@ -83,6 +85,7 @@ def embed_and_grand(model: nn.Module, dataset, indices: np.ndarray, labels: np.n
                 emb[kk] = h.cpu().numpy()
     finally:
         hook.remove()
+        model.train(was_training)
     return grand, emb
 
 

@@ -80,6 +80,7 @@ indexed assignment) per batch, with no per-sample Python loop.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
@@ -89,6 +90,8 @@ import torch
 import torch.nn.functional as F
 
 from ..core.state import Stateful
+
+log = logging.getLogger("cldfast")
 
 __all__ = ["default_el2n_epoch", "ForgettingRecorder", "AUMRecorder", "EL2NRecorder",
            "UncertaintyRecorder", "CartographyRecorder", "recorders_for_training"]

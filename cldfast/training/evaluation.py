@@ -71,14 +71,15 @@ def eval_batches(model: torch.nn.Module, dataset, indices: np.ndarray, *, batch_
 
     Yields ``(where, outputs, targets)``: ``where`` selects the batch's rows in the order of
     ``indices`` (a slice or an int64 tensor of positions), ``outputs`` the model's output
-    (float32 logits), ``targets`` the labels on ``device``. What makes it fast (the same
-    outputs as a plain per-sample loop, to float rounding): ``torch.inference_mode``; an
-    in-memory dataset without augmentation is indexed a batch at a time (no
-    per-item Python, no collation); inputs and 4-D weights in channels_last when asked;
-    bfloat16 autocast only with ``amp`` on CUDA. The model's training flag and weight layout
-    are restored afterwards.
+    (float32 logits, an inference tensor: read it, do not backpropagate through it),
+    ``targets`` the labels on ``device``. What makes it fast (the same outputs as a plain
+    per-sample loop, to float rounding): each forward runs under ``torch.inference_mode``
+    (the caller's loop body does not); an in-memory dataset without augmentation is indexed a
+    batch at a time (no per-item Python, no collation); inputs and 4-D weights in
+    channels_last when asked (the weights' layout is restored when the loop ends); bfloat16
+    autocast only with ``amp`` on CUDA. The model is left in eval mode, as a test pass leaves
+    it; the training loop sets train mode at every epoch.
     """
-    was_training = model.training
     model.eval()
     indices = np.asarray(indices, dtype=np.int64)
     source = _batched_source(dataset)
@@ -87,24 +88,22 @@ def eval_batches(model: torch.nn.Module, dataset, indices: np.ndarray, *, batch_
     show = progress and desc is not None
     # The layout changes outside inference mode: parameters converted inside it would become
     # inference tensors, which the next training step cannot use.
-    try:
-        with _eval_memory_format(model, channels_last), torch.inference_mode():
-            if source is not None:
-                idx = torch.from_numpy(_checked_indices(indices, len(source)))
-                starts = range(0, idx.shape[0], bs)
-                batches = ((slice(s, s + bs), *source.batch(idx[s:s + bs])) for s in starts)
-            else:
-                loader = make_loader(IndexedSubset(dataset, indices), bs, shuffle=False,
-                                     num_workers=workers)
-                batches = ((k, x, y) for x, y, k in loader)
-            for where, x, y in tqdm(batches, desc=desc, leave=False, disable=not show,
-                                    total=-(-indices.shape[0] // bs)):
+    with _eval_memory_format(model, channels_last):
+        if source is not None:
+            idx = torch.from_numpy(_checked_indices(indices, len(source)))
+            starts = range(0, idx.shape[0], bs)
+            batches = ((slice(s, s + bs), *source.batch(idx[s:s + bs])) for s in starts)
+        else:
+            loader = make_loader(IndexedSubset(dataset, indices), bs, shuffle=False,
+                                 num_workers=workers)
+            batches = ((k, x, y) for x, y, k in loader)
+        for where, x, y in tqdm(batches, desc=desc, leave=False, disable=not show,
+                                total=-(-indices.shape[0] // bs)):
+            with torch.inference_mode():
                 x, y, _ = to_device((x, y, None), device, channels_last)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    out = model(x)
-                yield where, out.float(), y
-    finally:
-        model.train(was_training)
+                    out = model(x).float()
+            yield where, out, y
 
 
 def predict(model: torch.nn.Module, dataset, indices: np.ndarray, recipe: Recipe,

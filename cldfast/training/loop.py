@@ -29,7 +29,7 @@ import logging
 import random
 import resource
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
@@ -185,7 +185,7 @@ class _Run:
             if self.world > 1 else self.model)
         self.opt = make_optimizer(self.model.parameters(), recipe)
         self.sched = make_scheduler(self.opt, recipe)
-        self.config = {"arch": model_name(model), "recipe": asdict(recipe),
+        self.config = {"arch": model_name(model), "recipe": recipe.identity(),
                        "dataset": bundle.fingerprint, "num_train": int(len(train_indices)),
                        "world_size": self.world, **(run_config or {})}
         self.result = FitResult(model=self.model)

@@ -414,20 +414,21 @@ class PruningSampler(torch.utils.data.Sampler):
 
     def __init__(self, pruner: Pruner, *, rank: int | None = None,
                  world_size: int | None = None) -> None:
-        if rank is None or world_size is None:
-            from ..core import distributed as ddist
-
-            r, w = ddist.rank_world()
-            rank = r if rank is None else rank
-            world_size = w if world_size is None else world_size
-        self.pruner, self.rank, self.world_size = pruner, int(rank), int(world_size)
-        self.epoch = 0
+        self.pruner, self.epoch = pruner, 0
+        self._rank, self._world = rank, world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def _current(self) -> PlanSampler:
-        return self.pruner.sampler(self.epoch, rank=self.rank, world_size=self.world_size)
+        # Rank and world size are read when iterating, not when the sampler is built: a
+        # framework may start the process group after the DataLoader exists.
+        from ..core import distributed as ddist
+
+        rank, world = ddist.rank_world()
+        rank = rank if self._rank is None else int(self._rank)
+        world = world if self._world is None else int(self._world)
+        return self.pruner.sampler(self.epoch, rank=rank, world_size=world)
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._current())

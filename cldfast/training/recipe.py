@@ -8,7 +8,7 @@ per dataset (epochs of a proxy and of a retraining) live with the datasets
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -45,6 +45,16 @@ class Recipe:
     seed: int = 0
     sync_bn: bool = False       # SyncBatchNorm under torch.distributed
 
+    def identity(self) -> dict:
+        """The fields that identify a run (checkpoint and bench-cell configs): every field,
+        less the ones added later (optimizer, warm-up, label smoothing) while they keep their
+        defaults, so that checkpoints and cached cells written before them still match."""
+        fields = asdict(self)
+        for name, default in _LATER_FIELDS.items():
+            if fields.get(name) == default:
+                fields.pop(name)
+        return fields
+
     def resolved_milestones(self) -> list[int]:
         if self.milestones is not None:
             return sorted(int(m) for m in self.milestones)
@@ -78,6 +88,10 @@ class Recipe:
         if not 0.0 <= float(self.label_smoothing) < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1); got {self.label_smoothing}")
 
+
+# Fields added after checkpoints and bench caches existed, with the value that reproduces
+# the behaviour from before them.
+_LATER_FIELDS = {"optimizer": "sgd", "warmup_epochs": 0, "label_smoothing": 0.0}
 
 SCHEDULES = ("multistep", "cosine", "onecycle")
 OPTIMIZERS = ("sgd", "adamw")

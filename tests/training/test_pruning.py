@@ -347,3 +347,24 @@ def test_pruning_sampler_in_a_plain_loop():
     assert abs(pruner.saved - 0.3) < 0.05
     assert np.isfinite(tracker.scores().numpy()).mean() > 0.95
     assert len(sampler) == n  # the last epoch trains on everything
+
+
+def test_cld_pruning_uses_the_datas_own_validation_split(tmp_path):
+    """With a bundle that carries its own V, the CLD pruner correlates with it and trains on
+    all of the training data."""
+    from torch.utils.data import TensorDataset
+
+    from cldfast.data import bundle_from_datasets
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 6, generator=g)
+    y = (x[:, :3] + 0.3 * torch.randn(300, 3, generator=g)).argmax(1)
+    data = bundle_from_datasets(TensorDataset(x[:200], y[:200]), TensorDataset(x[250:], y[250:]),
+                                val=TensorDataset(x[200:250], y[200:250]))
+    model = torch.nn.Sequential(torch.nn.Linear(6, 3))
+    m = train(data, tmp_path, model=model, recipe=training.Recipe(epochs=5, batch_size=32, lr=0.1,
+                                                                  device="cpu"),
+              prune=PruneSpec("cld", saving=0.2), progress=False)
+    sf = load_scores(tmp_path / "train_scores.npz")
+    np.testing.assert_array_equal(sf.val_indices, np.arange(200, 250))
+    assert m["train_samples"] == 200 and sf.scores.shape == (200,)

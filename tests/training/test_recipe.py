@@ -61,3 +61,12 @@ def test_bad_recipes_are_named():
                       ({"schedule": "step"}, "schedule must be")):
         with pytest.raises(ValueError, match=match):
             Recipe(**kw).check()
+
+
+def test_identity_leaves_later_fields_out_at_their_defaults():
+    """Checkpoints and bench cells written before optimizer / warm-up / label smoothing
+    existed still match a default recipe."""
+    base = Recipe(epochs=3).identity()
+    assert not {"optimizer", "warmup_epochs", "label_smoothing"} & set(base)
+    assert base["epochs"] == 3 and base["lr"] == Recipe().lr
+    assert Recipe(optimizer="adamw", label_smoothing=0.1).identity()["optimizer"] == "adamw"
