@@ -116,3 +116,24 @@ def test_bench_under_torchrun_records_every_rank_batches(tmp_path):
     sf = load_scores(out / "scores.npz")
     # Rank 0's recorders saw the batches of both ranks: every training sample has an AUM.
     assert np.isfinite(sf.extra["aum"]).all() and sf.extra["aum"].size == sf.scores.size
+
+
+@pytest.mark.parametrize("policy", ["cld", "infobatch"])
+def test_pruned_training_under_torchrun(tmp_path, policy):
+    """`torchrun -m cldfast train --prune` with 2 Gloo ranks: the ranks agree on every epoch's
+    plan (a disagreement would deadlock DDP or break the saving), the saving reaches the
+    target, and the CLD policy writes the run's scores (rank 0, all samples)."""
+    out = tmp_path / "pruned"
+    cmd = [*TORCHRUN, f"--master_port={free_port()}", "-m", "cldfast", "train", "--dataset",
+           "digits", "--batch-size", "16", "--lr", "0.05", "--epochs", "6", "--quiet",
+           "--device", "cpu", "--prune", policy, "--prune-saving", "0.3", "--out", str(out)]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          cwd=tempfile.gettempdir(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((out / "train_metrics.json").read_text())
+    assert m["world_size"] == 2 and abs(m["prune"]["saved"] - 0.3) < 0.08
+    kept = [e["kept_fraction"] for e in m["history"]]
+    assert kept[0] == 1.0 and kept[-1] == 1.0 and min(kept) < 0.8
+    if policy == "cld":
+        sf = load_scores(out / "train_scores.npz")
+        assert sf.metadata["world_size"] == 2 and np.isfinite(sf.scores).mean() > 0.9
