@@ -274,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-infobatch-default", action="store_true",
                     help="leave out InfoBatch with its own ratio 0.5")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
-    ap.add_argument("--work", type=Path, default=HERE / "_work" / "prune", help="cell cache")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="cell cache (default: benchmarks/_work/prune; with --smoke a fresh "
+                         "temporary folder)")
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--report-only", action="store_true", help="rewrite the section from cached cells")
@@ -291,6 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         data = DataSpec("digits")
         args.epochs, args.seeds, args.savings, args.variants = 4, 1, "0.3", ""
+        if args.work is None:
+            import tempfile
+
+            args.work = Path(tempfile.mkdtemp(prefix="cldfast-prune-smoke-"))
+    if args.work is None:
+        args.work = HERE / "_work" / "prune"
     if args.cifar:
         if not torch.cuda.is_available():
             print("bench_prune: --cifar needs a CUDA GPU (ResNet-18 on CIFAR-100 is days on a CPU)",
@@ -324,8 +332,10 @@ def main(argv: list[str] | None = None) -> int:
         body = report(res, args, args.epochs, int(train_idx.size), int(val_idx.size), minutes)
         print(body, flush=True)
         if not args.no_write:
-            plot(res, PLOT if not args.cifar else PLOT.with_name("prune_accuracy_cifar.png"),
-                 f"{arch} on {bundle.name}, {args.epochs} epochs, mean ± std over seeds")
+            png = PLOT if not args.cifar else PLOT.with_name("prune_accuracy_cifar.png")
+            if Path(args.results).resolve() != RESULTS.resolve():  # e.g. the smoke run: beside it
+                png = Path(args.results).parent / png.name
+            plot(res, png, f"{arch} on {bundle.name}, {args.epochs} epochs, mean ± std over seeds")
             write_section(section, title, "benchmarks/bench_prune.py", body, args.results)
 
     if not args.report_only:

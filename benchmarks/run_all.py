@@ -6,11 +6,13 @@ another's figures), and each writing its own section of RESULTS.md:
   bench_overhead.py   training-loop overhead of record() (CPU; GPU when available)
   bench_selection.py  the whole selection stage vs the authors' pipeline (authors_baseline.py)
   bench_fidelity.py   when CLD works: eval vs train mode, label noise, proxy length, subsampling, ...
+  bench_prune.py      dynamic pruning inside training: CLD-guided vs InfoBatch vs random, by sample-passes saved
   bench_scale.py      tracker time and memory from N = 1e5 to 1e8
   bench_update.py     record() and end_epoch() kernels vs torch ops and numpy
   bench_distributed.py  tracker bytes per rank and the end_epoch collectives (Gloo ranks)
 
-The full run takes about 45 minutes on a 2-core CPU (the 1e8-sample scale row needs ~8 GB of
+The full run takes several hours on a 2-core CPU (bench_prune.py alone about 1 h 45 min, the
+fidelity study hours; the 1e8-sample scale row needs ~8 GB of
 RAM). ``--smoke`` runs every script at tiny sizes (well under a minute; what CI runs).
 
     python benchmarks/run_all.py                                   # everything, writes RESULTS.md
@@ -31,9 +33,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _results import RESULTS  # noqa: E402
 
-SCRIPTS = ("overhead", "selection", "fidelity", "scale", "update", "distributed")
+SCRIPTS = ("overhead", "selection", "fidelity", "prune", "scale", "update", "distributed")
 WRITE_ONLY_DEFAULT = {"update", "distributed"}  # no --smoke / --results: they write RESULTS.md only
-THREADED = {"overhead", "selection", "fidelity"}  # scripts with a --threads option
+THREADED = {"overhead", "selection", "fidelity", "prune"}  # scripts with a --threads option
 
 
 def command(name: str, args) -> list[str]:

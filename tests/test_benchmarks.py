@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
-SECTIONS = ("overhead", "selection", "fidelity", "scale")
+SECTIONS = ("overhead", "selection", "fidelity", "prune", "scale")
 
 
 # Every benchmark script end to end at smoke sizes: slow.
@@ -44,7 +44,8 @@ def test_run_all_smoke_writes_every_section_elsewhere(tmp_path):
     # bench_update.py and bench_distributed.py only print here (they write nowhere but
     # RESULTS.md): their tables are in stdout.
     assert "| device | N | implementation |" in proc.stdout
-    for name in ("overhead", "selection", "fidelity", "scale", "update", "distributed"):
+    assert "| run | seeds | target saving |" in text and "cld@0.3" in text
+    for name in ("overhead", "selection", "fidelity", "prune", "scale", "update", "distributed"):
         assert f"bench_{name}.py ok" in proc.stdout
     assert (real.read_bytes() if real.exists() else None) == before, "RESULTS.md was modified"
 
