@@ -44,7 +44,8 @@ def handle(args: argparse.Namespace) -> int:
                  fractions=args.fractions, compare_fraction=args.compare_fraction,
                  val_fraction=args.val_fraction, loss_source=args.loss_source,
                  track_epochs=args.track_epochs, track_every=args.track_every,
-                 per_class=not args.global_val, seeds=args.seeds, resume=args.resume,
+                 per_class=not args.global_val, precision=args.precision, seeds=args.seeds,
+                 resume=args.resume,
                  progress=not args.quiet)
     print(result.table)
     for note in result.notes:

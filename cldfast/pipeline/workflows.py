@@ -427,7 +427,7 @@ def run(data: DataSpec | DatasetBundle | str | None = None, out: str | Path = "c
         recipe: Recipe | None = None, fractions: Sequence[float] = (0.1, 0.2, 0.3),
         compare_fraction: float | None = None, val_fraction: float = 0.1,
         loss_source: str = "eval", track_epochs: int | None = None, track_every: int = 1,
-        per_class: bool = True, seeds: int = 2, resume: bool = False,
+        per_class: bool = True, precision: str = "float64", seeds: int = 2, resume: bool = False,
         progress: bool = True) -> RunResult:
     """The whole pipeline: track a proxy, select CLD and random coresets at ``fractions``
     and top / near-zero / most-negative CLD subsets at ``compare_fraction`` (default: the
@@ -453,7 +453,8 @@ def run(data: DataSpec | DatasetBundle | str | None = None, out: str | Path = "c
     scores, track_metrics = track(bundle, out, arch=proxy_arch, recipe=proxy_recipe,
                                   val_fraction=val_fraction, loss_source=loss_source,
                                   track_epochs=track_epochs, track_every=track_every,
-                                  per_class=per_class, resume=resume, progress=progress)
+                                  per_class=per_class, precision=precision, resume=resume,
+                                  progress=progress)
     runs: list[tuple[str, str, float]] = [("full", "full", 1.0)]
     for f in fractions:
         runs.append((f"cld_top_{f:g}", "top", f))

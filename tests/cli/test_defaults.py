@@ -22,6 +22,7 @@ def _capture(monkeypatch):
 
     def fake_track(bundle, out, **kw):
         seen["track"].append(kw["recipe"])
+        seen.setdefault("precision", []).append(kw.get("precision"))
         n = len(bundle.train_targets)
         idx = np.arange(n - 100)
         return ScoresFile(np.linspace(-1, 1, idx.size), bundle.train_targets[idx], idx,
@@ -73,3 +74,11 @@ def test_registry_defaults_and_aliases():
         default_recipe("auto", "train", optimiser="sgd")
     with pytest.raises(ValueError, match="milestones"):
         default_recipe("auto", "train", milestones=[20])
+
+
+def test_run_passes_the_tracker_precision(monkeypatch, tmp_path):
+    seen = _capture(monkeypatch)
+    with pytest.raises(_Stop):
+        main(["run", "--dataset", "digits", "--out", str(tmp_path), "--quiet", "--precision",
+              "float32"])
+    assert seen["precision"] == ["float32"]
