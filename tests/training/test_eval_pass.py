@@ -66,6 +66,78 @@ def test_fast_eval_pass_equals_plain_per_sample_loop(digits, batch_size):
     assert all(p.is_contiguous() for p in model.parameters())
 
 
+@pytest.mark.parametrize("onednn", [True, False])
+def test_onednn_eval_pass_is_used_and_equals_plain_loop(digits, onednn, monkeypatch):
+    """On the CPU the small CNN's eval pass runs through its oneDNN inference copy (unless
+    switched off) and still gives the plain per-sample loop's losses."""
+    from cldfast.training import evaluation
+
+    calls = []
+    real = evaluation._onednn_forward
+    monkeypatch.setattr(evaluation, "_onednn_forward",
+                        lambda fast, x: calls.append(x.shape[0]) or real(fast, x))
+    model = _trained_model(digits)
+    indices = np.arange(200)
+    ref_loss, ref_correct = _plain_losses(model, digits.train_eval, indices)
+    recipe = Recipe(device="cpu", eval_batch_size=64, eval_onednn=onednn)
+    losses, correct = predict(model, digits.train_eval, indices, recipe, torch.device("cpu"),
+                              progress=False)
+    np.testing.assert_allclose(losses.numpy(), ref_loss, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(correct.numpy(), ref_correct)
+    assert sum(calls) == (200 if onednn else 0)
+    # The caller's model is untouched: still a dense model that trains.
+    assert not any(p.is_mkldnn for p in model.parameters())
+    model.train()
+    F.cross_entropy(model(digits.train[0][0][None]), torch.tensor([0])).backward()
+
+
+class _CircularCNN(torch.nn.Module):
+    """Circular padding, which oneDNN's inference convolution does not implement: its copy
+    computes something else, and the first-batch check must catch it."""
+
+    def __init__(self, classes):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 3, padding=1, padding_mode="circular")
+        self.head = torch.nn.Linear(8, classes)
+
+    def forward(self, x):
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(torch.relu(self.conv(x)), 1), 1))
+
+
+class _ViewCNN(torch.nn.Module):
+    """``view`` on the feature map, which oneDNN's blocked tensors refuse."""
+
+    def __init__(self, classes):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, stride=2)
+        self.head = torch.nn.LazyLinear(classes)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        return self.head(h.view(h.shape[0], -1))
+
+
+@pytest.mark.parametrize("make", [_CircularCNN, _ViewCNN])
+def test_onednn_copy_that_fails_or_disagrees_falls_back_to_plain_forward(digits, make, caplog):
+    torch.manual_seed(0)
+    model = make(digits.num_classes)
+    model(digits.train[0][0][None])  # materialise lazy layers
+    indices = np.arange(150)
+    ref_loss, ref_correct = _plain_losses(model, digits.train_eval, indices)
+    for _ in range(2):  # the second pass reuses the decision of the first
+        losses, correct = predict(model, digits.train_eval, indices,
+                                  Recipe(device="cpu", eval_batch_size=64), torch.device("cpu"),
+                                  progress=False)
+        np.testing.assert_allclose(losses.numpy(), ref_loss, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(correct.numpy(), ref_correct)
+    from cldfast.training import evaluation
+
+    assert model in evaluation._ONEDNN_REFUSED
+    if make is _CircularCNN:  # it ran, and was refused for what it computed
+        assert "differ" in evaluation._ONEDNN_REFUSED[model]
+        assert "disagrees with the model" in caplog.text
+
+
 def test_fast_eval_pass_through_a_dataloader_dataset(digits):
     """A dataset without a batched path (here: a plain wrapper) goes through the loader and
     still gives the plain loop's losses."""
