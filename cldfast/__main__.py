@@ -1,4 +1,5 @@
 """`python -m cldfast` is the `cldfast` command (and what torchrun starts)."""
 from .cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # not when a spawned worker process imports it
+    raise SystemExit(main())

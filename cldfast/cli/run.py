@@ -28,6 +28,12 @@ def register(sub):
     p.add_argument("--seeds", type=positive_int, default=2,
                    help="retraining seeds of every coreset and of the full split; the table "
                         "gives mean ± std over them (default: %(default)s)")
+    p.add_argument("--jobs", type=positive_int, metavar="N",
+                   help="retraining cells trained at once, in worker processes with threads / N "
+                        "torch threads each (default: auto: on a CPU as many as torch has "
+                        "threads and cores, for the named datasets and architectures; 1 on a GPU "
+                        "or under torchrun). Small models use one core per cell better than "
+                        "several cores per step; every cell is seeded on its own")
     add_data(p)
     add_recipe(p, proxy=True)
     add_tracking(p)
@@ -45,7 +51,7 @@ def handle(args: argparse.Namespace) -> int:
                  val_fraction=args.val_fraction, loss_source=args.loss_source,
                  track_epochs=args.track_epochs, track_every=args.track_every,
                  per_class=not args.global_val, precision=args.precision, seeds=args.seeds,
-                 resume=args.resume,
+                 resume=args.resume, jobs=args.jobs,
                  progress=not args.quiet)
     print(result.table)
     for note in result.notes:

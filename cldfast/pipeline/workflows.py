@@ -13,7 +13,9 @@ schedule (multistep, cosine, one-cycle), warm-up epochs and label smoothing."""
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -414,6 +416,107 @@ def retrain_cell(bundle: DatasetBundle, out: str | Path, name: str,
     return {**m, "samples": int(idx.size), "select_seconds": select_seconds}
 
 
+
+def _fixed_indices(indices: np.ndarray) -> np.ndarray:
+    """A coreset chosen in the parent, handed to a retraining cell in a worker process."""
+    return indices
+
+
+# Per worker process: the bundle, loaded once by the pool's initializer.
+_WORKER_BUNDLE: DatasetBundle | None = None
+
+
+def _cell_worker_init(data: Any, threads: int, log_file: str | None) -> None:
+    global _WORKER_BUNDLE
+    import torch
+
+    torch.set_num_threads(threads)
+    if log_file is not None:  # the run's log keeps every cell's epochs
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    _WORKER_BUNDLE = load_data(data)
+
+
+def _cell_worker(out: Path, name: str, indices: np.ndarray, kwargs: dict[str, Any]) -> dict[str, Any]:
+    assert _WORKER_BUNDLE is not None
+    return retrain_cell(_WORKER_BUNDLE, out, name, functools.partial(_fixed_indices, indices),
+                        progress=False, **kwargs)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def retrain_jobs(data: Any, arch: Any, recipe: Recipe, cells: int, jobs: int | None) -> int:
+    """How many retraining cells :func:`run` trains at once.
+
+    ``jobs=None`` (auto): on the CPU in one process, with data that a worker can load by
+    itself (a dataset name or :class:`DataSpec`) and an architecture given by name, as many
+    as torch has threads (so ``cldfast --threads 1 run`` stays sequential), at most one per
+    core and per cell; else 1. Small models do not use several cores well within one
+    training step (two threads train the small CNN about 10 % faster than one here), so
+    cells side by side with one thread each use the cores fully. ``jobs=N`` asks for N."""
+    if jobs is not None:
+        if int(jobs) < 1:
+            raise ValueError(f"jobs must be >= 1 (or None for auto); got {jobs}")
+        return min(int(jobs), max(cells, 1))
+    import torch
+
+    reloadable = data is None or isinstance(data, (str, DataSpec))
+    if (recipe.resolved_device().type != "cpu" or ddist.rank_world()[1] > 1 or not reloadable
+            or not isinstance(arch, str)):
+        return 1
+    return max(1, min(torch.get_num_threads(), available_cores(), cells))
+
+
+def _retrain_cells(bundle: DatasetBundle, data: Any, out: Path,
+                   cells: list[tuple[str, np.ndarray | Callable[[], np.ndarray], dict[str, Any]]],
+                   jobs: int, progress: bool) -> list[dict[str, Any]]:
+    """Train ``cells`` (name, indices or a selector, retrain_cell keyword arguments) in
+    order, or ``jobs`` at a time in worker processes (spawned; each loads ``data`` once and
+    gets ``threads // jobs`` torch threads). Results in the order of ``cells``."""
+    if jobs <= 1:
+        return [retrain_cell(bundle, out, name, pick if callable(pick) else
+                             functools.partial(_fixed_indices, pick), progress=progress, **kw)
+                for name, pick, kw in cells]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    from ..training.evaluation import tqdm
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    run_log = out.parent / "run.log"
+    log.info("retraining %d cells, %d at a time (worker processes with %d torch thread(s) "
+             "each)", len(cells), jobs, threads)
+    chosen = [(name, np.asarray(pick() if callable(pick) else pick, dtype=np.int64), kw)
+              for name, pick, kw in cells]
+    results: list[dict[str, Any] | None] = [None] * len(chosen)
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_cell_worker_init,
+                             initargs=(data if data is not None else DataSpec(), threads,
+                                       str(run_log) if run_log.exists() else None)) as pool:
+        futures = {pool.submit(_cell_worker, out, name, idx, kw): i
+                   for i, (name, idx, kw) in enumerate(chosen)}
+        from concurrent.futures import as_completed
+
+        with tqdm(total=len(chosen), desc="retraining cells", disable=not progress) as bar:
+            for fut in as_completed(futures):
+                i = futures[fut]
+                results[i] = m = fut.result()
+                log.info("%s: test accuracy %.2f %% (%d samples)", chosen[i][0],
+                         100 * m["test_accuracy"], m["samples"])
+                bar.update(1)
+    return results  # type: ignore[return-value]
+
+
 @dataclass
 class RunResult:
     out: Path
@@ -428,7 +531,7 @@ def run(data: DataSpec | DatasetBundle | str | None = None, out: str | Path = "c
         compare_fraction: float | None = None, val_fraction: float = 0.1,
         loss_source: str = "eval", track_epochs: int | None = None, track_every: int = 1,
         per_class: bool = True, precision: str = "float64", seeds: int = 2, resume: bool = False,
-        progress: bool = True) -> RunResult:
+        jobs: int | None = None, progress: bool = True) -> RunResult:
     """The whole pipeline: track a proxy, select CLD and random coresets at ``fractions``
     and top / near-zero / most-negative CLD subsets at ``compare_fraction`` (default: the
     smallest fraction), train ``arch`` on each and on the full training split with ``seeds``
@@ -436,7 +539,10 @@ def run(data: DataSpec | DatasetBundle | str | None = None, out: str | Path = "c
     write a table (mean ± std over the seeds), metrics.json and plots into ``out``.
 
     Defaults are the dataset's (:func:`cldfast.training.default_recipe`): on the embedded
-    data a 10-epoch proxy and 8-epoch retrainings, the same as ``cldfast run``."""
+    data a 10-epoch proxy and 8-epoch retrainings, the same as ``cldfast run``. ``jobs``:
+    retraining cells trained at once in worker processes (:func:`retrain_jobs`; None: auto,
+    several on a multi-core CPU; every cell is seeded on its own, so only float rounding
+    depends on it)."""
     bundle = load_data(data)
     key = _dataset_key(data, bundle)
     out = Path(out)
@@ -463,21 +569,25 @@ def run(data: DataSpec | DatasetBundle | str | None = None, out: str | Path = "c
         runs.append((f"cld_{order}_{compare:g}", order, compare))
     if f"cld_top_{compare:g}" not in {r[0] for r in runs}:
         runs.append((f"cld_top_{compare:g}", "top", compare))
-    results: dict[str, dict[str, Any]] = {}
+    cells = []
     for s in range(seeds):
         for name, order, f in runs:
             if order == "full":
-                pick, file = (lambda: scores.train_indices), None
+                pick, file = scores.train_indices, None
             else:
-                def pick(f=f, order=order, s=s):
-                    return select_coreset(scores, fraction=f, order=order, seed=recipe.seed + s)
+                pick = functools.partial(select_coreset, scores, fraction=f, order=order,
+                                         seed=recipe.seed + s)
                 # CLD coresets do not depend on the seed: one file; random ones, one per seed
                 file = (out / "indices" / (f"{name}.npy" if s == 0 else f"{name}-s{s}.npy")
                         if (s == 0 or order == "random") else None)
             run_name = name if s == 0 else f"{name}-s{s}"  # seed 0 keeps the old file names
-            m = retrain_cell(bundle, out / "runs", run_name, pick, arch=arch, recipe=recipe,
-                             seed=recipe.seed + s, indices_file=file, resume=resume,
-                             progress=progress)
+            cells.append((run_name, pick, dict(arch=arch, recipe=recipe, seed=recipe.seed + s,
+                                               indices_file=file, resume=resume)))
+    n_jobs = retrain_jobs(data, arch, recipe, len(cells), jobs)
+    done = _retrain_cells(bundle, data, out / "runs", cells, n_jobs, progress)
+    results: dict[str, dict[str, Any]] = {}
+    for s in range(seeds):
+        for (name, order, f), m in zip(runs, done[s * len(runs):(s + 1) * len(runs)]):
             r = results.setdefault(name, {"order": order, "fraction": f, "samples": m["samples"],
                                           "accuracies": [], "seconds": 0.0})
             r["accuracies"].append(m["test_accuracy"])
@@ -498,6 +608,7 @@ def run(data: DataSpec | DatasetBundle | str | None = None, out: str | Path = "c
     metrics = {"dataset": bundle.name, "fingerprint": bundle.fingerprint,
                "proxy_arch": model_name(proxy_arch), "arch": model_name(arch), "version": __version__, "fractions": fractions,
                "compare_fraction": compare, "loss_source": loss_source, "seeds": seeds,
+               "retrain_jobs": n_jobs,
                "proxy_recipe": asdict(proxy_recipe), "recipe": asdict(recipe),
                "track": track_metrics, "results": results,
                "total_seconds": time.perf_counter() - t0}

@@ -40,9 +40,9 @@ def _capture(monkeypatch):
 def test_python_run_and_cli_run_use_the_same_recipes(monkeypatch, tmp_path):
     seen = _capture(monkeypatch)
     with pytest.raises(_Stop):
-        workflows.run("digits", tmp_path / "py")
+        workflows.run("digits", tmp_path / "py", jobs=1)  # in-process: the fakes apply
     with pytest.raises(_Stop):
-        main(["run", "--dataset", "digits", "--out", str(tmp_path / "cli"), "--quiet"])
+        main(["run", "--dataset", "digits", "--out", str(tmp_path / "cli"), "--quiet", "--jobs", "1"])
     (py_proxy, cli_proxy), (py_train, cli_train) = seen["track"], seen["train"]
     assert py_proxy == cli_proxy and py_train == cli_train
     assert (py_proxy.epochs, py_train.epochs) == (10, 8)  # the embedded data's quick recipe
@@ -52,7 +52,7 @@ def test_python_run_and_cli_run_use_the_same_recipes(monkeypatch, tmp_path):
 def test_cli_options_override_only_what_they_name(monkeypatch, tmp_path):
     seen = _capture(monkeypatch)
     with pytest.raises(_Stop):
-        main(["run", "--dataset", "digits", "--out", str(tmp_path), "--quiet", "--optimizer",
+        main(["run", "--dataset", "digits", "--out", str(tmp_path), "--quiet", "--jobs", "1", "--optimizer",
               "adamw", "--lr", "0.003", "--schedule", "cosine", "--warmup-epochs", "2",
               "--label-smoothing", "0.1", "--proxy-epochs", "6"])
     proxy, retrain = seen["track"][0], seen["train"][0]
@@ -79,6 +79,6 @@ def test_registry_defaults_and_aliases():
 def test_run_passes_the_tracker_precision(monkeypatch, tmp_path):
     seen = _capture(monkeypatch)
     with pytest.raises(_Stop):
-        main(["run", "--dataset", "digits", "--out", str(tmp_path), "--quiet", "--precision",
+        main(["run", "--dataset", "digits", "--out", str(tmp_path), "--quiet", "--jobs", "1", "--precision",
               "float32"])
     assert seen["precision"] == ["float32"]

@@ -214,3 +214,38 @@ def test_train_indices_file_errors(tmp_path, capsys):
     np.save(far, np.array([1, 99999]))
     assert main(["train", *QUICK, "--epochs", "1", "--indices", str(far), "--out", str(tmp_path)]) == 2
     assert "outside the dataset" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_run_cells_in_worker_processes_equal_sequential_cells(tmp_path):
+    """`jobs=2` trains the retraining cells in two spawned worker processes; with one torch
+    thread everywhere each cell is the same computation as in the sequential run, so every
+    coreset file and every test accuracy is identical."""
+    import torch
+
+    from cldfast.pipeline import run
+    from cldfast.pipeline.workflows import available_cores, retrain_jobs
+
+    recipe = Recipe(epochs=2, batch_size=64, lr=0.05, device="cpu")
+    proxy = Recipe(epochs=4, batch_size=64, lr=0.05, device="cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = {}
+        for jobs in (1, 2):
+            res = run("digits", tmp_path / f"j{jobs}", proxy_recipe=proxy, recipe=recipe,
+                      fractions=[0.3], seeds=2, jobs=jobs, progress=False)
+            out[jobs] = res.metrics
+        assert out[2]["retrain_jobs"] == 2 and out[1]["retrain_jobs"] == 1
+        for name, r in out[1]["results"].items():
+            assert out[2]["results"][name]["accuracies"] == r["accuracies"], name
+        for f in (tmp_path / "j1" / "indices").iterdir():
+            np.testing.assert_array_equal(np.load(f), np.load(tmp_path / "j2" / "indices" / f.name))
+        # Auto: as many as torch has threads (here 1), and never for user bundles or on CUDA.
+        assert retrain_jobs("digits", "small-cnn", recipe, 10, None) == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert retrain_jobs("digits", "small-cnn", recipe, 10, None) == min(threads, 10, available_cores())
+    assert retrain_jobs(object(), "small-cnn", recipe, 10, None) == 1
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        retrain_jobs("digits", "small-cnn", recipe, 10, 0)
