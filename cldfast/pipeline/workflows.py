@@ -31,7 +31,7 @@ from ..data.datasets import DatasetBundle, canonical_name, is_embedded, load_dat
 from ..data.indexed import split_train_val
 from ..io import (ScoresFile, atomic_write, load_indices, load_scores, save_indices, save_scores,
                   write_json)
-from ..selection.balanced import ORDERS, check_fractions, select
+from ..selection.balanced import DEFAULT_FRACTIONS, ORDERS, check_fractions, select
 from ..selection.methods import METHODS, canonical_method, score_array
 from ..training.loop import BatchRecorder, Tracking, fit
 from ..training.models import model_name
@@ -460,9 +460,9 @@ def retrain_jobs(data: Any, arch: Any, recipe: Recipe, cells: int, jobs: int | N
     ``jobs=None`` (auto): on the CPU in one process, with data that a worker can load by
     itself (a dataset name or :class:`DataSpec`) and an architecture given by name, as many
     as torch has threads (so ``cldfast --threads 1 run`` stays sequential), at most one per
-    core and per cell; else 1. Small models do not use several cores well within one
-    training step (two threads train the small CNN about 10 % faster than one here), so
-    cells side by side with one thread each use the cores fully. ``jobs=N`` asks for N."""
+    core and per cell; else 1. Small models do not use several cores fully within one
+    training step: on 2 cores, two 1-thread cells side by side train the small CNN about
+    1.2x faster in total than one cell with 2 threads. ``jobs=N`` asks for N."""
     if jobs is not None:
         if int(jobs) < 1:
             raise ValueError(f"jobs must be >= 1 (or None for auto); got {jobs}")
@@ -527,7 +527,7 @@ class RunResult:
 
 def run(data: DataSpec | DatasetBundle | str | None = None, out: str | Path = "cldfast-out", *,
         proxy_arch: Any = "small-cnn", arch: Any = None, proxy_recipe: Recipe | None = None,
-        recipe: Recipe | None = None, fractions: Sequence[float] = (0.1, 0.2, 0.3),
+        recipe: Recipe | None = None, fractions: Sequence[float] = DEFAULT_FRACTIONS,
         compare_fraction: float | None = None, val_fraction: float = 0.1,
         loss_source: str = "eval", track_epochs: int | None = None, track_every: int = 1,
         per_class: bool = True, precision: str = "float64", seeds: int = 2, resume: bool = False,
