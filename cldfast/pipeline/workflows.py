@@ -416,7 +416,6 @@ def retrain_cell(bundle: DatasetBundle, out: str | Path, name: str,
     return {**m, "samples": int(idx.size), "select_seconds": select_seconds}
 
 
-
 def _fixed_indices(indices: np.ndarray) -> np.ndarray:
     """A coreset chosen in the parent, handed to a retraining cell in a worker process."""
     return indices
@@ -487,7 +486,7 @@ def _retrain_cells(bundle: DatasetBundle, data: Any, out: Path,
                              functools.partial(_fixed_indices, pick), progress=progress, **kw)
                 for name, pick, kw in cells]
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     import torch
 
@@ -505,15 +504,19 @@ def _retrain_cells(bundle: DatasetBundle, data: Any, out: Path,
                                        str(run_log) if run_log.exists() else None)) as pool:
         futures = {pool.submit(_cell_worker, out, name, idx, kw): i
                    for i, (name, idx, kw) in enumerate(chosen)}
-        from concurrent.futures import as_completed
-
-        with tqdm(total=len(chosen), desc="retraining cells", disable=not progress) as bar:
-            for fut in as_completed(futures):
-                i = futures[fut]
-                results[i] = m = fut.result()
-                log.info("%s: test accuracy %.2f %% (%d samples)", chosen[i][0],
-                         100 * m["test_accuracy"], m["samples"])
-                bar.update(1)
+        try:
+            with tqdm(total=len(chosen), desc="retraining cells", disable=not progress) as bar:
+                for fut in as_completed(futures):
+                    i = futures[fut]
+                    results[i] = m = fut.result()
+                    log.info("%s: test accuracy %.2f %% (%d samples)", chosen[i][0],
+                             100 * m["test_accuracy"], m["samples"])
+                    bar.update(1)
+        except BaseException:
+            # A failed cell (or Ctrl-C) ends the run: cells not started yet are dropped; the
+            # finished ones and the running ones' per-epoch checkpoints serve --resume.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
     return results  # type: ignore[return-value]
 
 
