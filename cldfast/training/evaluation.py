@@ -79,6 +79,12 @@ _ONEDNN_CHECKED: "weakref.WeakKeyDictionary[torch.nn.Module, bool]" = weakref.We
 _ONEDNN_RTOL = 1e-4
 
 
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The module a DistributedDataParallel wrapper holds (``model`` itself otherwise): the
+    key of the per-model oneDNN decisions, whatever wraps it."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
 def _onednn_copy(model: torch.nn.Module, device: torch.device) -> torch.nn.Module | None:
     """An inference copy of ``model`` whose convolution, linear and batch-norm layers run
     through oneDNN on its own blocked layout (:func:`torch.utils.mkldnn.to_mkldnn`), or None
@@ -88,8 +94,7 @@ def _onednn_copy(model: torch.nn.Module, device: torch.device) -> torch.nn.Modul
     plain forward to float rounding, and the first batch of every model is checked."""
     if device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return None
-    base = getattr(model, "module", model) if isinstance(
-        model, torch.nn.parallel.DistributedDataParallel) else model
+    base = _unwrapped(model)
     if base in _ONEDNN_REFUSED:
         return None
     tensors = [*base.parameters(), *base.buffers()]
@@ -128,8 +133,7 @@ def _checked_onednn_forward(model: torch.nn.Module, fast: torch.nn.Module,
     """The copy's output for ``x``; on the first batch of a model also the plain forward's,
     and None (the copy refused from then on) when the two disagree beyond float rounding or
     the copy fails. ``model`` is the caller's (eval mode)."""
-    base = getattr(model, "module", model) if isinstance(
-        model, torch.nn.parallel.DistributedDataParallel) else model
+    base = _unwrapped(model)
     try:
         out = _onednn_forward(fast, x)
     except Exception as e:  # an op without a oneDNN kernel for blocked tensors
@@ -179,8 +183,10 @@ def eval_batches(model: torch.nn.Module, dataset, indices: np.ndarray, *, batch_
     show = progress and desc is not None
     fast = _onednn_copy(model, device) if onednn and not amp else None
     # The layout changes outside inference mode: parameters converted inside it would become
-    # inference tensors, which the next training step cannot use.
-    with _eval_memory_format(model, channels_last):
+    # inference tensors, which the next training step cannot use. The oneDNN copy has its own
+    # layout, so the caller's weights are left alone then (a copy refused mid-pass runs the
+    # rest of that pass in the model's own layout).
+    with _eval_memory_format(model, channels_last and fast is None):
         if source is not None:
             idx = torch.from_numpy(_checked_indices(indices, len(source)))
             starts = range(0, idx.shape[0], bs)
