@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -40,6 +40,13 @@ __all__ = ["CLDTracker", "CLDWarning", "STATE_FORMAT"]
 
 # Version of the state_dict layout; bump when it changes incompatibly.
 STATE_FORMAT = 3
+_REQUIRED_KEYS = ("format", "num_samples", "num_classes", "per_class", "precision", "world_size",
+                  "rank", "checkpoint", "train_labels_sha256", "val_labels", "epoch", "flags",
+                  "last", "i32_state", "acc", "val_samples", "history_base", "val_history")
+# Keys whose value is this rank's part of the run (combined by consolidate_states).
+_SHARDED_KEYS = ("epoch", "flags", "last", "i32_state", "acc", "val_samples", "val_nonfinite",
+                 "history_base", "val_history", "observed_per_checkpoint", "recorded",
+                 "val_recorded")
 
 _PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
 
@@ -699,25 +706,133 @@ class CLDTracker(Stateful):
             "val_trajectory": self.val_trajectory,
         }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict`. Everything is checked before anything is changed."""
-        if not isinstance(state, Mapping):
-            raise TypeError(f"tracker state must be a dict from CLDTracker.state_dict(); got "
-                            f"{type(state).__name__}")
+    @staticmethod
+    def _check_format(state: Mapping[str, Any]) -> None:
         if "format" in state and state["format"] != STATE_FORMAT:
             raise ValueError(f"tracker state has format {state['format']} (cldfast "
                              f"{state.get('version', '?')}); this cldfast reads format {STATE_FORMAT}")
-        required = ("format", "num_samples", "num_classes", "per_class", "precision", "world_size",
-                    "rank", "checkpoint", "train_labels_sha256", "val_labels", "epoch", "flags",
-                    "last", "i32_state", "acc", "val_samples", "history_base", "val_history")
-        missing = [k for k in required if k not in state]
+        missing = [k for k in _REQUIRED_KEYS if k not in state]
         if missing:
             raise KeyError(f"tracker state is missing {missing}; is it a CLDTracker.state_dict()?")
+
+    @classmethod
+    def consolidate_states(cls, states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """One whole-run state (``world_size=1``) from the states of all ranks of a
+        distributed tracker (any order), loadable at any number of processes. Checks that
+        they are the ranks 0..W-1 of one run at one checkpoint before combining anything."""
+        states = list(states)
+        for s in states:
+            if not isinstance(s, Mapping):
+                raise TypeError(f"each rank's tracker state must be a dict; got {type(s).__name__}")
+            cls._check_format(s)
+        world = int(states[0]["world_size"])
+        ranks = sorted(int(s["rank"]) for s in states)
+        if ranks != list(range(world)) or any(int(s["world_size"]) != world for s in states):
+            raise ValueError(f"consolidating tracker states needs exactly one state of each rank "
+                             f"0..W-1 of one run; got ranks {ranks} of world sizes "
+                             f"{sorted({int(s['world_size']) for s in states})}")
+        states.sort(key=lambda s: int(s["rank"]))
+        first = states[0]
+        for key in ("num_samples", "num_classes", "per_class", "precision", "checkpoint",
+                    "train_labels_sha256", "num_checkpoints"):
+            values = {repr(s.get(key)) for s in states}
+            if len(values) > 1:
+                raise ValueError(f"tracker states of one run disagree on {key!r}: {sorted(values)}")
+        if world == 1:
+            return dict(first)
+        n = int(first["num_samples"])
+        chunk = max(1, math.ceil(n / world))
+        # Open epoch: each rank holds a full-size [W, 2, chunk] buffer of its own batches.
+        epoch = sum(s["epoch"].to(torch.float64) for s in states)
+        epoch = epoch.permute(1, 0, 2).reshape(2, world * chunk)[:, :n]
+        flags = torch.zeros_like(first["flags"])
+        for count, first_bad in ((_ops.BAD_INDEX_COUNT, _ops.FIRST_BAD_INDEX),
+                                 (_ops.BAD_TARGET_COUNT, _ops.FIRST_BAD_TARGET)):
+            flagged = [s["flags"] for s in states if int(s["flags"][count])]
+            flags[count] = sum(int(f[count]) for f in flagged)
+            if flagged:
+                flags[first_bad] = flagged[0][first_bad]
+        flags[_ops.NON_FINITE] = sum(int(s["flags"][_ops.NON_FINITE]) for s in states)
+        # Every rank keeps the validation rows its own samples still refer to: the rank with
+        # the oldest base holds the rows all of them need (rows are equal across ranks).
+        oldest = min(states, key=lambda s: int(s["history_base"]))
+        observed = [list(map(int, s.get("observed_per_checkpoint", []))) for s in states]
+        return {
+            **{k: v for k, v in first.items() if k not in _SHARDED_KEYS},
+            "world_size": 1, "rank": 0,
+            "epoch": epoch.to(torch.float32).reshape(1, 2, n).contiguous(),
+            "flags": flags,
+            "last": torch.cat([s["last"] for s in states]),
+            "i32_state": torch.cat([s["i32_state"] for s in states], dim=1),
+            "acc": torch.cat([s["acc"] for s in states], dim=1),
+            "val_samples": sum(s["val_samples"] for s in states),
+            "val_nonfinite": sum(int(s.get("val_nonfinite", 0)) for s in states),
+            "history_base": int(oldest["history_base"]),
+            "val_history": oldest["val_history"],
+            "observed_per_checkpoint": [sum(c) for c in zip(*observed)] if observed[0] else [],
+            "recorded": any(bool(s.get("recorded", False)) for s in states),
+            "val_recorded": any(bool(s.get("val_recorded", False)) for s in states),
+        }
+
+    def _reshard(self, whole: Mapping[str, Any]) -> dict[str, Any]:
+        """This rank's part of a whole-run state (see :meth:`load_state_dict`)."""
+        n = self.num_samples
+        if int(whole["num_samples"]) != n:
+            raise ValueError(f"tracker state has num_samples={whole['num_samples']!r} but this "
+                             f"tracker has num_samples={n!r}")
+        lo, hi, chunk, world = self._lo, self._hi, self._chunk, self.world_size
+        for key, want in (("epoch", (1, 2, n)), ("last", (n,)), ("i32_state", (2, n)),
+                          ("acc", (5, n))):
+            got = whole[key]
+            if not isinstance(got, torch.Tensor) or tuple(got.shape) != want:
+                shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+                raise ValueError(f"whole-run tracker state {key!r} should have shape {want}; "
+                                 f"got {shape}")
+        first = self.rank == 0
+        epoch = torch.zeros(world, 2, chunk, dtype=torch.float32)
+        flags = torch.zeros_like(whole["flags"])
+        val_samples = torch.zeros_like(whole["val_samples"])
+        if first:  # the open epoch goes to rank 0; end_epoch's reduce-scatter spreads it
+            flat = torch.zeros(2, world * chunk, dtype=torch.float32)
+            flat[:, :n] = whole["epoch"][0]
+            epoch = flat.reshape(2, world, chunk).permute(1, 0, 2).contiguous()
+            flags, val_samples = whole["flags"], whole["val_samples"]
+        observed = list(whole.get("observed_per_checkpoint", []))
+        return {
+            **whole, "world_size": world, "rank": self.rank,
+            "epoch": epoch, "flags": flags, "val_samples": val_samples,
+            "val_nonfinite": int(whole.get("val_nonfinite", 0)) if first else 0,
+            "last": whole["last"][lo:hi], "i32_state": whole["i32_state"][:, lo:hi],
+            "acc": whole["acc"][:, lo:hi],
+            # Counts per checkpoint are sums over the ranks' shards: rank 0 keeps the run's.
+            "observed_per_checkpoint": observed if first else [0] * len(observed),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> None:
+        """Restore a :meth:`state_dict`. Everything is checked before anything is changed.
+
+        At any world size: ``state`` may be this rank's own state (saved by the same rank of
+        the same number of processes), a whole-run state (``world_size == 1``: one process,
+        or :meth:`consolidate_states` of every rank's state) or the list of every rank's
+        states. A state saved by another number of processes is resharded: each rank takes
+        its slice of the per-sample state, and the open epoch (sums, counts, validation
+        losses, error counters) goes to rank 0, where ``end_epoch``'s collectives find it.
+        """
+        if not isinstance(state, Mapping):
+            if isinstance(state, Sequence) and not isinstance(state, (str, bytes)) and state:
+                state = self.consolidate_states(state)
+            else:
+                raise TypeError(f"tracker state must be a dict from CLDTracker.state_dict() (or "
+                                f"the list of every rank's); got {type(state).__name__}")
+        self._check_format(state)
         if (state["world_size"], state["rank"]) != (self.world_size, self.rank):
-            raise ValueError(f"tracker state was saved by rank {state['rank']} of "
-                             f"{state['world_size']} processes; this is rank {self.rank} of "
-                             f"{self.world_size}. Resume with the same number of processes "
-                             f"(torchrun --nproc_per_node ...), each loading its own rank's state")
+            if int(state["world_size"]) != 1:
+                raise ValueError(
+                    f"tracker state was saved by rank {state['rank']} of {state['world_size']} "
+                    f"processes; this is rank {self.rank} of {self.world_size}. Pass every "
+                    f"rank's state (a list of {state['world_size']}) to load it at another "
+                    "number of processes, or CLDTracker.consolidate_states(states)")
+            state = self._reshard(state)
         for key, mine in (("num_samples", self.num_samples), ("num_classes", self.num_classes),
                           ("per_class", self.per_class), ("precision", self.precision)):
             if state[key] != mine:

@@ -170,18 +170,23 @@ def _world_change_worker(rank: int, world: int, port: int, out_dir: str) -> None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CLDWarning)
             tracker = CLDTracker(np.arange(10) % 2, [0, 1])
-        state = CLDTracker(np.arange(10) % 2, [0, 1], distributed=False).state_dict()
+        # One rank's state of a 3-process run, alone, cannot be resharded: refused.
+        one_rank = dict(CLDTracker(np.arange(10) % 2, [0, 1], distributed=False).state_dict(),
+                        world_size=3, rank=1)
         try:
-            tracker.load_state_dict(state)
+            tracker.load_state_dict(one_rank)
         except ValueError as exc:
             with open(os.path.join(out_dir, f"err{rank}.txt"), "w") as fh:
                 fh.write(str(exc))
+        # A whole-run state (one process) is resharded (tests/core/test_elastic.py).
+        tracker.load_state_dict(CLDTracker(np.arange(10) % 2, [0, 1], distributed=False).state_dict())
     finally:
         dist.destroy_process_group()
 
 
-def test_state_from_another_world_size_is_refused(tmp_path):
+def test_one_rank_state_from_another_world_size_is_refused(tmp_path):
     mp.spawn(_world_change_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         msg = (tmp_path / f"err{rank}.txt").read_text()
-        assert f"saved by rank 0 of 1 processes; this is rank {rank} of 2" in msg
+        assert f"saved by rank 1 of 3 processes; this is rank {rank} of 2" in msg
+        assert "Pass every rank's state (a list of 3)" in msg
