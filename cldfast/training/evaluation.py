@@ -142,16 +142,35 @@ def _checked_onednn_forward(model: torch.nn.Module, fast: torch.nn.Module,
     if base not in _ONEDNN_CHECKED:
         ref = model(x).float()
         out = out.float()
-        scale = 1.0 + float(ref.abs().max()) if ref.numel() else 1.0
-        if ref.shape != out.shape or float((out - ref).abs().max()) > _ONEDNN_RTOL * scale:
-            diff = float((out - ref).abs().max()) if ref.shape == out.shape else float("nan")
-            _refuse_onednn(base, f"its logits differ from the model's by {diff:.3g}")
-            log.warning("the oneDNN inference copy of %s disagrees with the model (max logit "
-                        "difference %.3g); its eval passes use the plain forward",
-                        type(base).__name__, diff)
+        why = _logits_disagreement(out, ref)
+        if why is not None:
+            _refuse_onednn(base, f"its logits differ from the model's: {why}")
+            log.warning("the oneDNN inference copy of %s disagrees with the model (%s); its "
+                        "eval passes use the plain forward", type(base).__name__, why)
             return None
         _ONEDNN_CHECKED[base] = True
     return out
+
+
+def _logits_disagreement(out: torch.Tensor, ref: torch.Tensor) -> str | None:
+    """None when the copy's logits ``out`` agree with the model's ``ref``: the same shape,
+    the same non-finite positions (NaN, +inf and -inf each where the model has them) and the
+    finite values within float rounding; else what differs. A plain ``max |out - ref|``
+    would accept NaN (every comparison with it is False) and an infinite scale."""
+    if ref.shape != out.shape:
+        return f"shape {tuple(out.shape)} instead of {tuple(ref.shape)}"
+    for name, test in (("NaN", torch.isnan), ("+inf", torch.isposinf),
+                       ("-inf", torch.isneginf)):
+        if not torch.equal(test(out), test(ref)):
+            return f"{name} at other positions"
+    finite = torch.isfinite(ref)
+    if not bool(finite.any()):
+        return None
+    scale = 1.0 + float(ref[finite].abs().max())
+    diff = float((out[finite] - ref[finite]).abs().max())
+    if diff > _ONEDNN_RTOL * scale:
+        return f"max finite logit difference {diff:.3g}"
+    return None
 
 
 def eval_batches(model: torch.nn.Module, dataset, indices: np.ndarray, *, batch_size: int,

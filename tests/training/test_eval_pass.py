@@ -138,6 +138,43 @@ def test_onednn_copy_that_fails_or_disagrees_falls_back_to_plain_forward(digits,
         assert "disagrees with the model" in caplog.text
 
 
+def test_onednn_copy_is_refused_despite_a_non_finite_logit(digits, caplog):
+    """A class whose head bias is -inf gives -inf logits in both forwards: the copy's first
+    batch then differs by NaN (-inf - -inf), which a plain ``max |out - ref| > tol`` accepts.
+    The circular-padding copy computes something else and must still be refused."""
+    from cldfast.training import evaluation
+
+    torch.manual_seed(0)
+    model = _CircularCNN(digits.num_classes)
+    with torch.no_grad():
+        model.head.bias[3] = float("-inf")
+    indices = np.arange(150)
+    ref_loss, ref_correct = _plain_losses(model, digits.train_eval, indices)
+    assert np.isinf(ref_loss).any() and np.isfinite(ref_loss).any()  # class 3: loss +inf
+    losses, correct = predict(model, digits.train_eval, indices,
+                              Recipe(device="cpu", eval_batch_size=64), torch.device("cpu"),
+                              progress=False)
+    np.testing.assert_allclose(losses.numpy(), ref_loss, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(correct.numpy(), ref_correct)
+    assert "differ" in evaluation._ONEDNN_REFUSED[model]
+    assert "disagrees with the model" in caplog.text
+
+
+def test_onednn_logit_check_compares_finite_values_and_non_finite_positions():
+    from cldfast.training.evaluation import _logits_disagreement
+
+    inf, nan = float("inf"), float("nan")
+    ref = torch.tensor([[1.0, -inf, 2.0], [nan, inf, 0.5]])
+    assert _logits_disagreement(ref.clone(), ref) is None
+    assert _logits_disagreement(ref + 1e-6, ref) is None  # rounding of the finite values
+    assert _logits_disagreement(ref + 1.0, ref) is not None  # the finite values differ
+    for i, j, v in [(0, 1, inf), (0, 1, 0.0), (1, 0, 0.0), (1, 1, -inf), (0, 0, nan)]:
+        out = ref.clone()
+        out[i, j] = v
+        assert _logits_disagreement(out, ref) is not None, (i, j, v)
+    assert _logits_disagreement(ref[:1], ref) is not None
+
+
 def test_fast_eval_pass_through_a_dataloader_dataset(digits):
     """A dataset without a batched path (here: a plain wrapper) goes through the loader and
     still gives the plain loop's losses."""
