@@ -1,10 +1,12 @@
 """Resumable runs: per-epoch checkpoint files (one per rank under torch.distributed, committed
 by a manifest), SIGTERM turned into a checkpoint at the next batch boundary, and the config
-a resumed run must match."""
+a resumed run must match. A run resumes at any number of processes: see
+:meth:`Checkpoints.latest` and ``cldfast.training.loop``."""
 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import threading
 from pathlib import Path
@@ -29,12 +31,17 @@ class Checkpoints:
         self.rank, self.world = ddist.rank_world()
         self.manifest = path.with_name(path.name + ".manifest.json")
 
-    def _rank_file(self, tag: str) -> Path:
-        return self.path.with_name(f"{self.path.stem}.rank{self.rank}-of-{self.world}"
-                                   f".{tag}{self.path.suffix}")
+    def _rank_file(self, tag: str, rank: int | None = None, world: int | None = None) -> Path:
+        rank = self.rank if rank is None else rank
+        world = self.world if world is None else world
+        return self.path.with_name(f"{self.path.stem}.rank{rank}-of-{world}.{tag}{self.path.suffix}")
 
-    def latest(self) -> Path | None:
-        """The checkpoint file this process resumes from (None: start afresh)."""
+    def latest(self) -> tuple[list[Path], int] | None:
+        """The checkpoint to resume from: ``(files, world_size)`` (None: start afresh).
+
+        Written by as many processes as this run has: ``[this rank's file]``. Written by
+        another number (an elastic or requeued job): every rank's file of that run, in rank
+        order, which the caller combines (the tracker reshards its state)."""
         if self.manifest.exists():
             try:
                 info = json.loads(self.manifest.read_text())
@@ -45,24 +52,43 @@ class Checkpoints:
             tag, world = "", 1
         else:
             return None
-        if world != self.world:
-            raise ValueError(f"{self.path} checkpoints were written by {world} processes; this run "
-                             f"has {self.world}. Resume with torchrun --nproc_per_node={world} "
-                             "(and the same number of nodes), or use another output folder")
-        return self.path if world == 1 else self._rank_file(tag)
+        if world == 1:
+            return [self.path], 1
+        if world == self.world:
+            return [self._rank_file(tag)], world
+        files = [self._rank_file(tag, rank, world) for rank in range(world)]
+        missing = [f.name for f in files if not f.exists()]
+        if missing:
+            raise FileNotFoundError(f"{self.manifest} commits {tag!r} of {world} processes but "
+                                    f"{missing} are missing; the checkpoint cannot be resumed")
+        return files, world
 
     def save(self, tag: str, state: dict[str, Any]) -> None:
         """Write ``state`` as the checkpoint ``tag`` (e.g. ``epoch3``, ``epoch3-batch120``)."""
         if self.world == 1:
             save_checkpoint(self.path, state)
+            if self.manifest.exists():  # an earlier run at another world size: now this one
+                write_json(self.manifest, {"tag": "", "world_size": 1})
+                self._remove_other_worlds()
             return
         save_checkpoint(self._rank_file(tag), state)
         ddist.barrier()
         if self.rank == 0:
             write_json(self.manifest, {"tag": tag, "world_size": self.world})
+            self._remove_other_worlds()
         ddist.barrier()
         for old in self.path.parent.glob(f"{self.path.stem}.rank{self.rank}-of-{self.world}.*"):
             if old != self._rank_file(tag):
+                old.unlink(missing_ok=True)
+
+    def _remove_other_worlds(self) -> None:
+        """After a commit: files of an earlier run at another number of processes."""
+        if self.world > 1:
+            self.path.unlink(missing_ok=True)
+        pattern = re.compile(rf"{re.escape(self.path.stem)}\.rank\d+-of-(\d+)\..*")
+        for old in self.path.parent.glob(f"{self.path.stem}.rank*"):
+            found = pattern.fullmatch(old.name)
+            if found and int(found.group(1)) != self.world:
                 old.unlink(missing_ok=True)
 
 

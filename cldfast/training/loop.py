@@ -193,6 +193,7 @@ class _Run:
         self.start_epoch, self.resume_batches = 0, 0
         self.resume_partial: list[float] | None = None
         self.resume_rng: dict[str, Any] | None = None
+        self.elastic_order: np.ndarray | None = None  # rest of a stopped epoch, another world
         self.train_set = IndexedSubset(bundle.train, self.train_indices)
         # Watchers of every batch: the recorders, and a pruner that scores from the batches.
         self.watchers = self.recorders + ([pruner] if pruner is not None and pruner.needs_batches
@@ -200,36 +201,98 @@ class _Run:
 
     # ----- checkpoints ---------------------------------------------------------------------
     def resume(self) -> None:
-        """Continue from the latest checkpoint, if any (its config must match this run's)."""
-        ckpt = self.ckpts.latest() if self.ckpts is not None else None
-        if ckpt is None:
+        """Continue from the latest checkpoint, if any (its config must match this run's).
+
+        At another number of processes than the one that wrote it (an elastic or requeued
+        job) every rank reads all of that run's files: model, optimizer, schedule, recorders
+        and pruner from rank 0's (they are equal on every rank), the tracker resharded from
+        all of them (:meth:`CLDTracker.load_state_dict`). An epoch stopped halfway continues
+        with the samples the stopped run had not reached (:meth:`_elastic_order`)."""
+        found = self.ckpts.latest() if self.ckpts is not None else None
+        if found is None:
             if self.ckpts is not None:
                 log.info("no checkpoint at %s; starting %s from scratch", self.ckpts.path, self.desc)
             return
-        state = load_checkpoint(ckpt)
-        if state.get("config") != jsonable(self.config):
-            raise ValueError(f"{ckpt} was written by a run with other settings; resume with the "
-                             "same options, or delete the checkpoint / use another output folder")
+        files, written_by = found
+        states = [load_checkpoint(f) for f in files]
+        state = states[0]
+        ckpt = files[0] if len(files) == 1 else files[0].parent
+        config = {k: v for k, v in jsonable(self.config).items() if k != "world_size"}
+        saved = {k: v for k, v in (state.get("config") or {}).items() if k != "world_size"}
+        if saved != config:
+            differ = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+            raise ValueError(f"{ckpt} was written by a run with other settings ({', '.join(differ)} "
+                             "differ); resume with the same options, or delete the checkpoint / "
+                             "use another output folder")
+        batches_done = int(state.get("batches_done", 0))
+        elastic = written_by != self.world
+        if elastic and batches_done and self.pruner is not None:
+            raise ValueError(f"{ckpt} stopped pruned training halfway through an epoch with "
+                             f"{written_by} processes; resume it with torchrun "
+                             f"--nproc_per_node={written_by} (a pruned epoch's plan is split "
+                             "between the ranks that started it)")
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         if self.tracking is not None:
-            self.tracking.tracker.load_state_dict(state["tracker"])
+            tracker_states = [s["tracker"] for s in states]
+            self.tracking.tracker.load_state_dict(tracker_states if elastic else tracker_states[0])
         for rec, rec_state in zip(self.recorders, state.get("recorders") or []):
             rec.load_state_dict(rec_state)
         if self.pruner is not None:
             self.pruner.load_state_dict(state["pruner"])
         self.start_epoch = int(state["epoch"])
-        self.resume_batches = int(state.get("batches_done", 0))
-        self.resume_partial = state.get("partial")
-        self.resume_rng = state.get("rng")
+        if elastic:
+            # The stopped epoch's remaining samples, split between this run's ranks; its
+            # running sums so far belong to the run's total, counted once (on rank 0).
+            self.resume_batches = 0
+            if batches_done:
+                self.elastic_order = self._elastic_order(self.start_epoch, written_by, batches_done)
+                partials = [s.get("partial") or [0.0, 0.0, 0.0] for s in states]
+                self.resume_partial = ([sum(p[i] for p in partials) for i in range(3)]
+                                       if self.rank == 0 else None)
+            log.info("%s: checkpoint written by %d process(es), resumed with %d", self.desc,
+                     written_by, self.world)
+        else:
+            self.resume_batches = batches_done
+            self.resume_partial = state.get("partial")
+            self.resume_rng = state.get("rng")
         r = self.result
         r.history = list(state["history"])
         r.seconds = float(state.get("seconds", 0.0))
         r.tracking_seconds = float(state.get("tracking_seconds", 0.0))
         r.extra_forward_passes = int(state.get("extra_forward_passes", 0))
         log.info("resumed %s from %s at epoch %d%s", self.desc, ckpt, self.start_epoch,
-                 f" after batch {self.resume_batches}" if self.resume_batches else "")
+                 f" after batch {batches_done}" if batches_done else "")
+
+    def _elastic_order(self, epoch: int, old_world: int, batches_done: int) -> np.ndarray:
+        """This rank's positions for the rest of ``epoch`` after a run of ``old_world``
+        processes stopped it after ``batches_done`` batches per rank: the samples none of its
+        ranks had reached, in that run's order, padded to a multiple of this run's world
+        size and split as DistributedSampler splits (equal counts, so equal batch counts)."""
+        n = len(self.train_set)
+        seen = self.recipe.batch_size * batches_done
+        orders = [self._epoch_order(epoch, rank, old_world) for rank in range(old_world)]
+        done = np.zeros(n, dtype=bool)
+        for order in orders:
+            done[order[:seen]] = True
+        rest = [order[seen:] for order in orders]
+        width = max((len(r) for r in rest), default=0)
+        # Interleaved as the stopped run would have reached them; repeats (padding) dropped.
+        queue = [r[j] for j in range(width) for r in rest if j < len(r)]
+        left = [int(i) for i in dict.fromkeys(queue) if not done[i]]
+        if not left:
+            return np.zeros(0, dtype=np.int64)
+        total = -(-len(left) // self.world) * self.world
+        padded = np.resize(np.asarray(left, dtype=np.int64), total)
+        return padded[self.rank::self.world]
+
+    def _epoch_order(self, epoch: int, rank: int, world: int) -> np.ndarray:
+        """The positions rank ``rank`` of a ``world``-process run trains on in ``epoch``, in
+        order (the loader of :meth:`_loader`, over positions instead of samples)."""
+        positions = torch.utils.data.TensorDataset(torch.arange(len(self.train_set)))
+        loader = self._loader(epoch, dataset=positions, rank=rank, world=world, workers=0)
+        return torch.cat([b[0] for b in loader]).numpy() if len(loader) else np.zeros(0, np.int64)
 
     def snapshot(self, epoch_done: int, batches_done: int, partial: list[float] | None) -> dict[str, Any]:
         r = self.result
@@ -249,17 +312,25 @@ class _Run:
         }
 
     # ----- one epoch -----------------------------------------------------------------------
-    def _loader(self, epoch: int):
+    def _loader(self, epoch: int, *, dataset: Any = None, rank: int | None = None,
+                world: int | None = None, workers: int | None = None):
+        """The training loader of ``epoch`` (over ``dataset``, default the training split,
+        as rank ``rank`` of ``world`` processes, default this run's)."""
+        dataset = self.train_set if dataset is None else dataset
+        rank = self.rank if rank is None else rank
+        world = self.world if world is None else world
         sampler = None
-        if self.pruner is not None:
-            sampler = self.pruner.sampler(epoch, rank=self.rank, world_size=self.world)
-        elif self.world > 1:
+        if epoch == self.start_epoch and self.elastic_order is not None and dataset is self.train_set:
+            sampler = self.elastic_order.tolist()
+        elif self.pruner is not None:
+            sampler = self.pruner.sampler(epoch, rank=rank, world_size=world)
+        elif world > 1:
             sampler = torch.utils.data.DistributedSampler(
-                self.train_set, num_replicas=self.world, rank=self.rank, shuffle=True,
+                dataset, num_replicas=world, rank=rank, shuffle=True,
                 seed=self.recipe.seed, drop_last=False)
             sampler.set_epoch(epoch)
-        return make_loader(self.train_set, self.recipe.batch_size, shuffle=sampler is None,
-                           num_workers=self.recipe.workers,
+        return make_loader(dataset, self.recipe.batch_size, shuffle=sampler is None,
+                           num_workers=self.recipe.workers if workers is None else workers,
                            seed=_epoch_seed(self.recipe.seed, epoch), sampler=sampler)
 
     def _batch_losses(self, k, out, y, record: bool) -> torch.Tensor:
@@ -281,7 +352,7 @@ class _Run:
         # Running sums stay on the device: reading them every batch would synchronise.
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, correct, seen
         skip = self.resume_batches if epoch == self.start_epoch else 0
-        if skip and self.resume_partial is not None:
+        if epoch == self.start_epoch and self.resume_partial is not None:
             sums += torch.tensor(self.resume_partial, dtype=torch.float64, device=self.device)
         bar = tqdm(loader, desc=f"{self.desc} {epoch + 1}/{stop}", leave=False,
                    disable=not self.progress)

@@ -1,6 +1,7 @@
 """`torchrun --nproc_per_node=2 -m cldfast track` on CPU (Gloo), end to end: every training
-sample scored exactly once, the file accepted by `cldfast select`, and a run killed with
-SIGKILL and resumed ends with the same scores as an uninterrupted one."""
+sample scored exactly once, the file accepted by `cldfast select`, a run killed with SIGKILL
+and resumed ends with the same scores as an uninterrupted one, and a run stopped by SIGTERM
+resumes at another number of processes (2 -> 1, 1 -> 2)."""
 
 from __future__ import annotations
 
@@ -96,10 +97,58 @@ def test_killed_and_resumed_run_matches(uninterrupted, tmp_path):
     np.testing.assert_array_equal(got, want)
 
 
-def test_resume_with_another_world_size_is_refused(uninterrupted, tmp_path, capsys):
-    rc = main([*TRACK[2:], "--out", str(uninterrupted), "--resume"])
-    assert rc == 2
-    assert "written by 2 processes; this run has 1" in capsys.readouterr().err
+def single(out: Path, *extra: str, wait: bool = True):
+    """The same `cldfast track` in one process."""
+    cmd = [sys.executable, *TRACK, "--out", str(out), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if wait:
+        return subprocess.run(cmd, env=env, cwd=tempfile.gettempdir(), capture_output=True,
+                              text=True, timeout=300)
+    return subprocess.Popen(cmd, env=env, cwd=tempfile.gettempdir(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def committed_epochs(out: Path) -> int:
+    """Epochs whose checkpoint is on disk (the manifest of several ranks, or one process's log)."""
+    try:
+        manifest = out / "checkpoints" / "proxy.pt.manifest.json"
+        if manifest.exists():
+            tag = json.loads(manifest.read_text())["tag"]  # epoch<E> or epoch<E>-batch<B>
+            return int(tag.split("-")[0][len("epoch"):]) if tag.startswith("epoch") else 0
+        log = (out / "track.log").read_text()
+        return max([e for e in range(1, 7) if f"proxy epoch {e}/6:" in log], default=0)
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def sigterm_after_epoch_2(proc: subprocess.Popen, out: Path) -> None:
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and committed_epochs(out) < 2:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be stopped"
+    os.killpg(proc.pid, signal.SIGTERM)  # what a cluster scheduler sends before preempting
+    proc.wait(timeout=120)
+    assert not (out / "scores.npz").exists()
+    assert 2 <= committed_epochs(out) < 6
+
+
+@pytest.mark.parametrize("first,then", [(2, 1), (1, 2)], ids=["2-then-1", "1-then-2"])
+def test_sigterm_and_resume_at_another_world_size(uninterrupted, tmp_path, first, then):
+    """Elastic resume: the run stopped by SIGTERM after epoch 2 with `first` processes and
+    resumed with `then` scores every training sample from as many differences as an
+    uninterrupted run (its training differs with the world size, as in any DDP job)."""
+    out = tmp_path / "elastic"
+    sigterm_after_epoch_2(torchrun(out, wait=False) if first == 2 else single(out, wait=False), out)
+    resumed = torchrun(out, "--resume") if then == 2 else single(out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"written by {first} process(es), resumed with {then}" in (out / "track.log").read_text()
+    got, want = load_scores(out / "scores.npz"), load_scores(uninterrupted / "scores.npz")
+    np.testing.assert_array_equal(np.sort(got.train_indices), np.sort(want.train_indices))
+    assert np.isfinite(got.scores).all()
+    np.testing.assert_array_equal(got.extra["num_differences"], want.extra["num_differences"])
+    assert got.metadata["world_size"] == then
+    left = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert not [name for name in left if f"-of-{first}." in name and first > 1], left
 
 
 def test_bench_under_torchrun_records_every_rank_batches(tmp_path):
