@@ -143,6 +143,14 @@ class ScoreSelector:
         return {"indices": idx, "scores": scores}
 
 
+def _arg(args: Any, name: str, default: Any) -> Any:
+    """DeepCore's ``args.<name>``, or ``default`` where ``args`` lacks it or holds None. Only
+    None means "not given": 0 and False are values (momentum 0, no Nesterov); a 0 that
+    cannot be (epochs, batch size, lr) is refused by the recipe, never replaced."""
+    value = getattr(args, name, None)
+    return default if value is None else value
+
+
 class CLDSelector(ScoreSelector):
     """DeepCore-style CLD selection.
 
@@ -173,8 +181,7 @@ class CLDSelector(ScoreSelector):
                  progress: bool = False, **kwargs: Any) -> None:
         kwargs.setdefault("method", "cld")
         super().__init__(dst_train, args, fraction, random_seed, scores=scores, **kwargs)
-        self.epochs = int(epochs if epochs is not None
-                          else getattr(args, "selection_epochs", None) or 10)
+        self.epochs = int(epochs if epochs is not None else _arg(args, "selection_epochs", 10))
         model = getattr(args, "model", None)
         self.arch = arch if arch is not None else (str(model).lower() if model else "small-cnn")
         self.val_fraction = val_fraction
@@ -216,17 +223,20 @@ class CLDSelector(ScoreSelector):
             raise ValueError(f"CLDSelector cannot build the proxy architecture {self.arch!r} "
                              f"(from {'args.model' if getattr(self.args, 'model', None) else 'arch='}"
                              f"): {exc}. Pass arch= with a cldfast, torchvision or timm name") from None
-        a = self.args
         defaults = Recipe()
         recipe = Recipe(epochs=self.epochs,
-                        batch_size=int(getattr(a, "selection_batch", 128) or 128),
-                        lr=float(getattr(a, "selection_lr", None) or defaults.lr),
-                        momentum=float(getattr(a, "selection_momentum", None) or defaults.momentum),
-                        weight_decay=float(getattr(a, "selection_weight_decay", None)
-                                           if getattr(a, "selection_weight_decay", None) is not None
-                                           else defaults.weight_decay),
-                        nesterov=bool(getattr(a, "selection_nesterov", defaults.nesterov)),
+                        batch_size=int(_arg(self.args, "selection_batch", 128)),
+                        lr=float(_arg(self.args, "selection_lr", defaults.lr)),
+                        momentum=float(_arg(self.args, "selection_momentum", defaults.momentum)),
+                        weight_decay=float(_arg(self.args, "selection_weight_decay",
+                                                defaults.weight_decay)),
+                        nesterov=bool(_arg(self.args, "selection_nesterov", defaults.nesterov)),
                         device=device, seed=self.random_seed)
+        try:  # e.g. selection_lr=0: refused here, naming DeepCore's arguments
+            recipe.check()
+        except ValueError as exc:
+            raise ValueError(f"CLDSelector: the proxy recipe from DeepCore's selection_* "
+                             f"arguments (or epochs=) is invalid: {exc}") from None
         out = Path(self.out) if self.out is not None else Path(tempfile.mkdtemp(prefix="cldfast-"))
         sf, _ = track(bundle, out, arch=self.arch, recipe=recipe, val_fraction=self.val_fraction,
                       progress=self.progress)

@@ -10,6 +10,7 @@ import torch
 
 from cldfast.integrations.deepcore import CLDSelector
 from cldfast.io import ScoresFile
+from cldfast.training import Recipe
 
 
 class Images(torch.utils.data.Dataset):
@@ -71,3 +72,33 @@ def test_fraction_follows_deepcore(monkeypatch, balance):
     else:
         assert counts.sum() == round(0.25 * 60)
     assert not np.isin(picked, np.arange(0, 60, 10)).any()  # held-out samples never picked
+
+
+def test_deepcore_zero_and_false_args_are_values_not_missing(monkeypatch):
+    """Only a missing or None argument takes the default: momentum 0 stays 0 (it was 0.9)."""
+    calls = []
+    monkeypatch.setattr("cldfast.pipeline.workflows.track", fake_track(calls))
+    args = SimpleNamespace(selection_momentum=0, selection_weight_decay=0, selection_nesterov=False,
+                           selection_lr=0.02, selection_batch=16, selection_epochs=3, device="cpu")
+    CLDSelector(Images(), args, fraction=0.2).select()
+    r = calls[0]["recipe"]
+    assert (r.momentum, r.weight_decay, r.nesterov, r.lr, r.batch_size, r.epochs) == \
+        (0.0, 0.0, False, 0.02, 16, 3)
+    none = SimpleNamespace(selection_momentum=None, selection_weight_decay=None,
+                           selection_nesterov=None, selection_lr=None, selection_batch=None,
+                           selection_epochs=None, device="cpu")
+    CLDSelector(Images(), none, fraction=0.2).select()
+    r, d = calls[1]["recipe"], Recipe()
+    assert (r.momentum, r.weight_decay, r.nesterov, r.lr, r.batch_size, r.epochs) == \
+        (d.momentum, d.weight_decay, d.nesterov, d.lr, 128, 10)
+
+
+@pytest.mark.parametrize("name, match", [("selection_epochs", "epochs must be >= 1"),
+                                         ("selection_lr", "lr must be > 0"),
+                                         ("selection_batch", "batch_size must be >= 1")])
+def test_deepcore_zero_that_cannot_be_is_an_error_not_the_default(monkeypatch, name, match):
+    calls = []
+    monkeypatch.setattr("cldfast.pipeline.workflows.track", fake_track(calls))
+    with pytest.raises(ValueError, match=f"selection_.*{match}"):
+        CLDSelector(Images(), SimpleNamespace(**{name: 0}), fraction=0.2).select()
+    assert calls == []
