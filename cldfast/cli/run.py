@@ -34,15 +34,21 @@ def register(sub):
                    help="retraining cells trained at once, in worker processes with threads / N "
                         "torch threads each (default: auto: on a CPU as many as torch has "
                         "threads and cores, for the named datasets and architectures; 1 on a GPU "
-                        "or under torchrun). Small models use one core per cell better than "
-                        "several cores per step (about 1.2x in total for the small CNN on 2 "
-                        "cores); every cell is seeded on its own")
+                        "or under torchrun, where N > 1 is refused). Small models use one core "
+                        "per cell better than several cores per step; every cell is seeded on "
+                        "its own. cldfast.pipeline.run() from Python defaults to 1")
     add_data(p)
     add_recipe(p, proxy=True)
     add_tracking(p)
     add_output(p, "cldfast-out")
     p.set_defaults(handler=handle)
     return handle
+
+
+def run_jobs(args: argparse.Namespace) -> int | str:
+    """``--jobs`` as pipeline.run takes it: left out, the automatic choice ("auto"; the
+    library's own default is 1, safe in a script without a ``__main__`` guard)."""
+    return args.jobs if args.jobs is not None else "auto"
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -54,7 +60,7 @@ def handle(args: argparse.Namespace) -> int:
                  val_fraction=args.val_fraction, loss_source=args.loss_source,
                  track_epochs=args.track_epochs, track_every=args.track_every,
                  per_class=not args.global_val, precision=args.precision, seeds=args.seeds,
-                 resume=args.resume, jobs=args.jobs,
+                 resume=args.resume, jobs=run_jobs(args),
                  progress=not args.quiet)
     print(result.table)
     for note in result.notes:

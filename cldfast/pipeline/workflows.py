@@ -2,7 +2,10 @@
 whole pipeline. Each function takes plain arguments and writes into an output folder; every
 default lives here (a recipe left out is the dataset's default recipe, see
 :func:`cldfast.training.default_recipe`), and the CLI only parses arguments and calls these,
-so ``cldfast.pipeline.run()`` from Python does what ``cldfast run`` does.
+so ``cldfast.pipeline.run()`` from Python does what ``cldfast run`` does, with one exception:
+``run(jobs=)`` defaults to 1 (retraining cells one after the other, in-process), as worker
+processes would re-run a calling script that has no ``if __name__ == "__main__":`` guard,
+while ``cldfast run`` chooses the number of jobs itself.
 
 Your own objects go through the same functions: ``data`` may be a dataset name, a
 :class:`DataSpec`, or a :class:`cldfast.data.DatasetBundle` built from your datasets with
@@ -453,18 +456,27 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def retrain_jobs(data: Any, arch: Any, recipe: Recipe, cells: int, jobs: int | None) -> int:
+def retrain_jobs(data: Any, arch: Any, recipe: Recipe, cells: int, jobs: int | str | None) -> int:
     """How many retraining cells :func:`run` trains at once.
 
-    ``jobs=None`` (auto): on the CPU in one process, with data that a worker can load by
-    itself (a dataset name or :class:`DataSpec`) and an architecture given by name, as many
-    as torch has threads (so ``cldfast --threads 1 run`` stays sequential), at most one per
-    core and per cell; else 1. Small models do not use several cores fully within one
-    training step: on 2 cores, two 1-thread cells side by side train the small CNN about
-    1.2x faster in total than one cell with 2 threads. ``jobs=N`` asks for N."""
-    if jobs is not None:
-        if int(jobs) < 1:
-            raise ValueError(f"jobs must be >= 1 (or None for auto); got {jobs}")
+    ``jobs="auto"`` (or None; what ``cldfast run`` asks for when ``--jobs`` is left out): on
+    the CPU in one process, with data that a worker can load by itself (a dataset name or
+    :class:`DataSpec`) and an architecture given by name, as many as torch has threads (so
+    ``cldfast --threads 1 run`` stays sequential), at most one per core and per cell; else 1
+    (on a GPU, under torchrun). Small models do not use several cores fully within one
+    training step, so cells side by side with one thread each train faster in total than one
+    cell with every thread. ``jobs=N`` asks for N (at most one per cell); N > 1 is refused
+    under torchrun (world size > 1), where every rank would train every cell and write the
+    same files."""
+    if jobs is not None and not (isinstance(jobs, str) and jobs == "auto"):
+        if isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer)) or int(jobs) < 1:
+            raise ValueError(f"jobs must be >= 1 (an integer) or 'auto'; got {jobs!r}")
+        world = ddist.rank_world()[1]
+        if int(jobs) > 1 and world > 1:
+            raise ValueError(f"--jobs {int(jobs)} (jobs={int(jobs)}) cannot be used under torchrun "
+                             f"(world size {world}): every rank would train every retraining "
+                             "cell and write the same files. Leave --jobs out (or give 1): the "
+                             "ranks then train each cell together")
         return min(int(jobs), max(cells, 1))
     import torch
 
@@ -520,6 +532,19 @@ def _retrain_cells(bundle: DatasetBundle, data: Any, out: Path,
     return results  # type: ignore[return-value]
 
 
+def _run_cells(fractions: Sequence[float], compare: float) -> list[tuple[str, str, float]]:
+    """The coresets :func:`run` trains on, per seed: (name, order, fraction)."""
+    runs: list[tuple[str, str, float]] = [("full", "full", 1.0)]
+    for f in fractions:
+        runs.append((f"cld_top_{f:g}", "top", f))
+        runs.append((f"random_{f:g}", "random", f))
+    for order in ("zero", "bottom"):
+        runs.append((f"cld_{order}_{compare:g}", order, compare))
+    if f"cld_top_{compare:g}" not in {r[0] for r in runs}:
+        runs.append((f"cld_top_{compare:g}", "top", compare))
+    return runs
+
+
 @dataclass
 class RunResult:
     out: Path
@@ -534,7 +559,7 @@ def run(data: DataSpec | DatasetBundle | str | None = None, out: str | Path = "c
         compare_fraction: float | None = None, val_fraction: float = 0.1,
         loss_source: str = "eval", track_epochs: int | None = None, track_every: int = 1,
         per_class: bool = True, precision: str = "float64", seeds: int = 2, resume: bool = False,
-        jobs: int | None = None, progress: bool = True) -> RunResult:
+        jobs: int | str | None = 1, progress: bool = True) -> RunResult:
     """The whole pipeline: track a proxy, select CLD and random coresets at ``fractions``
     and top / near-zero / most-negative CLD subsets at ``compare_fraction`` (default: the
     smallest fraction), train ``arch`` on each and on the full training split with ``seeds``
@@ -543,9 +568,11 @@ def run(data: DataSpec | DatasetBundle | str | None = None, out: str | Path = "c
 
     Defaults are the dataset's (:func:`cldfast.training.default_recipe`): on the embedded
     data a 10-epoch proxy and 8-epoch retrainings, the same as ``cldfast run``. ``jobs``:
-    retraining cells trained at once in worker processes (:func:`retrain_jobs`; None: auto,
-    several on a multi-core CPU; every cell is seeded on its own, so only float rounding
-    depends on it)."""
+    retraining cells trained at once (default 1: one after the other, in this process).
+    ``jobs=N`` or ``"auto"`` (:func:`retrain_jobs`; several on a multi-core CPU, the choice
+    of ``cldfast run``) train them in spawned worker processes, which import the calling
+    script again: call ``run`` under ``if __name__ == "__main__":`` then. Every cell is
+    seeded on its own, so only float rounding depends on ``jobs``."""
     bundle = load_data(data)
     key = _dataset_key(data, bundle)
     out = Path(out)
@@ -558,20 +585,15 @@ def run(data: DataSpec | DatasetBundle | str | None = None, out: str | Path = "c
         raise ValueError(f"seeds must be >= 1; got {seeds}")
     seeds = int(seeds)
     compare = float(compare_fraction) if compare_fraction is not None else fractions[0]
+    runs = _run_cells(fractions, compare)
+    # Before the proxy is tracked: a refused jobs value costs nothing.
+    n_jobs = retrain_jobs(data, arch, recipe, seeds * len(runs), jobs)
     t0 = time.perf_counter()
     scores, track_metrics = track(bundle, out, arch=proxy_arch, recipe=proxy_recipe,
                                   val_fraction=val_fraction, loss_source=loss_source,
                                   track_epochs=track_epochs, track_every=track_every,
                                   per_class=per_class, precision=precision, resume=resume,
                                   progress=progress)
-    runs: list[tuple[str, str, float]] = [("full", "full", 1.0)]
-    for f in fractions:
-        runs.append((f"cld_top_{f:g}", "top", f))
-        runs.append((f"random_{f:g}", "random", f))
-    for order in ("zero", "bottom"):
-        runs.append((f"cld_{order}_{compare:g}", order, compare))
-    if f"cld_top_{compare:g}" not in {r[0] for r in runs}:
-        runs.append((f"cld_top_{compare:g}", "top", compare))
     cells = []
     for s in range(seeds):
         for name, order, f in runs:
@@ -586,7 +608,6 @@ def run(data: DataSpec | DatasetBundle | str | None = None, out: str | Path = "c
             run_name = name if s == 0 else f"{name}-s{s}"  # seed 0 keeps the old file names
             cells.append((run_name, pick, dict(arch=arch, recipe=recipe, seed=recipe.seed + s,
                                                indices_file=file, resume=resume)))
-    n_jobs = retrain_jobs(data, arch, recipe, len(cells), jobs)
     done = _retrain_cells(bundle, data, out / "runs", cells, n_jobs, progress)
     results: dict[str, dict[str, Any]] = {}
     for s in range(seeds):

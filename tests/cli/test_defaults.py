@@ -82,3 +82,55 @@ def test_run_passes_the_tracker_precision(monkeypatch, tmp_path):
         main(["run", "--dataset", "digits", "--out", str(tmp_path), "--quiet", "--jobs", "1", "--precision",
               "float32"])
     assert seen["precision"] == ["float32"]
+
+
+def _capture_jobs(monkeypatch) -> list[tuple[object, int]]:
+    """Record what run() asks retrain_jobs and what it answers, then stop the run."""
+    asked: list[tuple[object, int]] = []
+    real = workflows.retrain_jobs
+
+    def spy(data, arch, recipe, cells, jobs):
+        asked.append((jobs, real(data, arch, recipe, cells, jobs)))
+        raise _Stop
+
+    monkeypatch.setattr(workflows, "retrain_jobs", spy)
+    return asked
+
+
+def test_python_run_defaults_to_one_job_and_cli_run_to_auto(monkeypatch, tmp_path):
+    """A user's script without a __main__ guard must not spawn workers that re-run it: from
+    Python the retraining cells run one after the other unless jobs= asks otherwise; `cldfast
+    run` keeps its automatic choice."""
+    import torch
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    asked = _capture_jobs(monkeypatch)
+    with pytest.raises(_Stop):
+        workflows.run("digits", tmp_path / "py", progress=False)
+    with pytest.raises(_Stop):
+        main(["run", "--dataset", "digits", "--out", str(tmp_path / "cli"), "--quiet"])
+    with pytest.raises(_Stop):
+        main(["run", "--dataset", "digits", "--out", str(tmp_path / "cli2"), "--quiet", "--jobs", "3"])
+    cells = 2 * len(workflows._run_cells(workflows.DEFAULT_FRACTIONS, min(workflows.DEFAULT_FRACTIONS)))
+    assert asked == [(1, 1), ("auto", min(8, workflows.available_cores(), cells)), (3, 3)]
+
+
+def test_cli_run_refuses_jobs_under_torchrun(monkeypatch, tmp_path, capsys):
+    import torch
+
+    import cldfast.core.distributed as ddist
+
+    seen = _capture(monkeypatch)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    monkeypatch.setattr(ddist, "rank_world", lambda: (0, 2))
+    out = tmp_path / "cli"
+    rc = main(["run", "--dataset", "digits", "--out", str(out), "--quiet", "--jobs", "4"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--jobs 4" in err and "world size 2" in err and "torchrun" in err
+    assert seen["track"] == []  # refused before the proxy is tracked
+    # Left out, the automatic choice is 1 under torchrun: the run goes on (to the fake train).
+    asked = _capture_jobs(monkeypatch)
+    with pytest.raises(_Stop):
+        main(["run", "--dataset", "digits", "--out", str(out), "--quiet"])
+    assert asked == [("auto", 1)]

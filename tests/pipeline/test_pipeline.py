@@ -249,3 +249,41 @@ def test_run_cells_in_worker_processes_equal_sequential_cells(tmp_path):
     assert retrain_jobs(object(), "small-cnn", recipe, 10, None) == 1
     with pytest.raises(ValueError, match="jobs must be >= 1"):
         retrain_jobs("digits", "small-cnn", recipe, 10, 0)
+
+
+def test_run_defaults_to_one_job_from_python_and_auto_resolves(monkeypatch):
+    """pipeline.run() from a plain script trains its cells one after the other in-process
+    (spawned workers would re-run a script without a __main__ guard); "auto" (or None) is the
+    CLI's automatic choice."""
+    import inspect
+
+    from cldfast.pipeline import run
+    from cldfast.pipeline.workflows import available_cores, retrain_jobs
+
+    assert inspect.signature(run).parameters["jobs"].default == 1
+    recipe = Recipe(device="cpu")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert retrain_jobs("digits", "small-cnn", recipe, 10, 1) == 1
+    auto = min(8, available_cores(), 10)
+    assert retrain_jobs("digits", "small-cnn", recipe, 10, "auto") == auto
+    assert retrain_jobs("digits", "small-cnn", recipe, 10, None) == auto
+    for bad in (0, -1, "two", 1.5, True):
+        with pytest.raises(ValueError, match="jobs must be >= 1"):
+            retrain_jobs("digits", "small-cnn", recipe, 10, bad)
+
+
+def test_jobs_under_torchrun_auto_is_one_and_explicit_n_is_refused(monkeypatch):
+    """Under torchrun every rank runs the same cells: jobs > 1 would train each W times."""
+    import cldfast.core.distributed as ddist
+    from cldfast.pipeline.workflows import retrain_jobs
+
+    recipe = Recipe(device="cpu")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    monkeypatch.setattr(ddist, "rank_world", lambda: (0, 3))
+    assert retrain_jobs("digits", "small-cnn", recipe, 10, "auto") == 1
+    assert retrain_jobs("digits", "small-cnn", recipe, 10, 1) == 1
+    with pytest.raises(ValueError, match=r"--jobs 2 .*torchrun \(world size 3\)"):
+        retrain_jobs("digits", "small-cnn", recipe, 10, 2)
+    with pytest.raises(ValueError, match="--jobs 4"):
+        retrain_jobs("digits", "small-cnn", recipe, 1, 4)  # even with one cell
+
