@@ -36,6 +36,7 @@ from ..io import (ScoresFile, atomic_write, load_indices, load_scores, save_indi
                   write_json)
 from ..selection.balanced import DEFAULT_FRACTIONS, ORDERS, check_fractions, select
 from ..selection.methods import METHODS, canonical_method, score_array
+from ..training.checkpoints import Preempted
 from ..training.loop import BatchRecorder, Tracking, fit
 from ..training.models import model_name
 from ..training.recipe import Recipe, default_recipe
@@ -424,14 +425,31 @@ def _fixed_indices(indices: np.ndarray) -> np.ndarray:
     return indices
 
 
-# Per worker process: the bundle, loaded once by the pool's initializer.
+# Per worker process: the bundle, loaded once by the pool's initializer, and whether the run
+# is stopping (SIGTERM from the parent after another cell failed).
 _WORKER_BUNDLE: DatasetBundle | None = None
+_WORKER_STOPPING = False
+
+
+class CellNotStarted(RuntimeError):
+    """A retraining cell a worker did not start because the run was stopping."""
+
+
+def _worker_sigterm(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    """A worker's SIGTERM outside a training loop (idle, between cells, loading data): the
+    run is stopping, so no further cell starts. Within a training loop the loop's own
+    handler checkpoints and stops it (:class:`cldfast.training.checkpoints.SigtermWatch`)."""
+    global _WORKER_STOPPING
+    _WORKER_STOPPING = True
 
 
 def _cell_worker_init(data: Any, threads: int, log_file: str | None) -> None:
     global _WORKER_BUNDLE
+    import signal
+
     import torch
 
+    signal.signal(signal.SIGTERM, _worker_sigterm)
     torch.set_num_threads(threads)
     if log_file is not None:  # the run's log keeps every cell's epochs
         handler = logging.FileHandler(log_file)
@@ -443,9 +461,43 @@ def _cell_worker_init(data: Any, threads: int, log_file: str | None) -> None:
 
 
 def _cell_worker(out: Path, name: str, indices: np.ndarray, kwargs: dict[str, Any]) -> dict[str, Any]:
+    global _WORKER_STOPPING
     assert _WORKER_BUNDLE is not None
-    return retrain_cell(_WORKER_BUNDLE, out, name, functools.partial(_fixed_indices, indices),
-                        progress=False, **kwargs)
+    if _WORKER_STOPPING:
+        raise CellNotStarted(f"{name}: not started, the run is stopping")
+    try:
+        return retrain_cell(_WORKER_BUNDLE, out, name, functools.partial(_fixed_indices, indices),
+                            progress=False, **kwargs)
+    except Preempted:  # checkpointed on SIGTERM: the cells queued behind it do not start
+        _WORKER_STOPPING = True
+        raise
+
+
+def _stop_cells(pool: Any, futures: Sequence[Any]) -> None:
+    """After a failed cell (or Ctrl-C): drop the cells not started and stop the running ones
+    now. Each running worker gets SIGTERM, on which its training loop writes a checkpoint
+    (which ``--resume`` continues) and stops at the next batch boundary; a worker between
+    cells or still loading data starts no further cell. SIGTERM is repeated every second
+    until every running cell has ended, for a worker that was past its handler's reach (e.g.
+    building its model) the first time; the workers' handlers make repeats harmless."""
+    import signal
+    from concurrent.futures import wait
+
+    for fut in futures:
+        fut.cancel()  # those not handed to a worker yet
+    running = {fut for fut in futures if not fut.done()}
+    while running:
+        # ProcessPoolExecutor has no public API for its worker processes: `_processes`
+        # (pid -> multiprocessing.Process) is private; without it the running cells end in
+        # their own time, as pool.shutdown(wait=True) below waits for them.
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            if proc.exitcode is None:
+                try:
+                    os.kill(proc.pid, signal.SIGTERM)
+                except (ProcessLookupError, OSError):
+                    pass
+        _, running = wait(running, timeout=1.0)
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def available_cores() -> int:
@@ -525,9 +577,12 @@ def _retrain_cells(bundle: DatasetBundle, data: Any, out: Path,
                              100 * m["test_accuracy"], m["samples"])
                     bar.update(1)
         except BaseException:
-            # A failed cell (or Ctrl-C) ends the run: cells not started yet are dropped; the
-            # finished ones and the running ones' per-epoch checkpoints serve --resume.
-            pool.shutdown(wait=True, cancel_futures=True)
+            # A failed cell (or Ctrl-C) ends the run at once: cells not started yet are
+            # dropped, the running ones checkpoint and stop (SIGTERM); the finished cells and
+            # those checkpoints serve --resume. Then the failure is reported.
+            log.warning("a retraining cell failed or the run was interrupted: stopping the "
+                        "running cells (each writes a checkpoint for --resume)")
+            _stop_cells(pool, list(futures))
             raise
     return results  # type: ignore[return-value]
 

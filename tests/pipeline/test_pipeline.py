@@ -287,3 +287,29 @@ def test_jobs_under_torchrun_auto_is_one_and_explicit_n_is_refused(monkeypatch):
     with pytest.raises(ValueError, match="--jobs 4"):
         retrain_jobs("digits", "small-cnn", recipe, 1, 4)  # even with one cell
 
+
+@pytest.mark.slow
+def test_failed_cell_in_jobs_mode_stops_the_running_cells(tmp_path):
+    """A cell that fails at once beside a long one: the long one is sent SIGTERM, writes its
+    checkpoint and stops, the queued one does not run to its end, and the failure is raised
+    without waiting for them (the long cell alone would train for minutes)."""
+    import time
+
+    from cldfast.data import load_dataset
+    from cldfast.pipeline.workflows import _retrain_cells
+
+    bundle = load_dataset("digits")
+    idx = np.arange(len(bundle.train_targets))
+    long = Recipe(epochs=500, batch_size=16, lr=0.01, device="cpu")
+    cells = [("long", idx, dict(arch="small-cnn", recipe=long, seed=0)),
+             ("bad", idx[:50], dict(arch="no-such-model", recipe=long, seed=0)),
+             ("queued", idx, dict(arch="small-cnn", recipe=long, seed=0))]
+    out = tmp_path / "runs"
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="unknown architecture 'no-such-model'"):
+        _retrain_cells(bundle, "digits", out, cells, 2, progress=False)
+    elapsed = time.perf_counter() - t0
+    assert not (out / "long_metrics.json").exists()
+    assert not (out / "queued_metrics.json").exists()
+    assert (out / "checkpoints" / "long.pt").exists()  # stopped by SIGTERM, resumable
+    assert elapsed < 90, elapsed
