@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..selection.balanced import ORDERS
 from .common import fraction, positive_int
@@ -44,10 +45,15 @@ def handle(args: argparse.Namespace) -> int:
 
     if args.global_ and args.per_class is not None:
         raise ValueError("--global needs --fraction (a per-class count has no meaning without classes)")
+    method = canonical_method(args.method)
+    if method == "random" and args.order not in (None, "random"):
+        print(f"cldfast select: note: --order {args.order} does not apply to --method random "
+              "(a uniform draw among the scored samples)", file=sys.stderr)
     path, idx, order = select_to_file(args.scores, method=args.method, fraction=args.fraction,
                                       per_class=args.per_class, order=args.order,
                                       class_balanced=not args.global_, seed=args.seed,
                                       output=args.output)
-    print(f"wrote {path}: {idx.size} original dataset indices ({canonical_method(args.method)}, "
-          f"{order}, {'global' if args.global_ else 'class-balanced'})")
+    how = "uniform draw" if method == "random" else order
+    print(f"wrote {path}: {idx.size} original dataset indices ({method}, {how}, "
+          f"{'global' if args.global_ else 'class-balanced'})")
     return 0

@@ -138,8 +138,10 @@ class ScoreSelector:
                              class_balanced=self.balance, seed=self.random_seed)
         else:
             order = self.order or info.order
+            # DeepCore's n_c counts the held-out validation samples, which are never picked:
+            # a quota above the scored count takes every scored sample (as documented).
             idx = select(scores, labels, fraction=self.fraction, order=order,
-                         class_balanced=self.balance, seed=self.random_seed)
+                         class_balanced=self.balance, seed=self.random_seed, allow_short=True)
         return {"indices": idx, "scores": scores}
 
 

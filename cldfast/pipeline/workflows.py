@@ -214,10 +214,41 @@ def track(data: DataSpec | DatasetBundle | str | None, out: str | Path, *,
     return sf, metrics
 
 
+def _require_scored(sf: ScoresFile, values: np.ndarray, method: str) -> None:
+    """Refuse a selection from ``values`` (``method``'s scores in ``sf``) when no sample has
+    one, saying why as far as the file's metadata tells."""
+    if np.isfinite(np.asarray(values, dtype=np.float64)).any():
+        return
+    meta = sf.metadata or {}
+    if method in ("cld", "random"):  # random draws among the CLD-scored samples
+        checkpoints = meta.get("checkpoints")
+        if checkpoints is None and isinstance(meta.get("tracked_epochs"), (list, tuple)):
+            checkpoints = len(meta["tracked_epochs"])
+        if checkpoints is not None and int(checkpoints) < 3:
+            why = (f"the proxy tracked {int(checkpoints)} checkpoint(s), 3 are needed (CLD "
+                   "correlates at least 2 loss differences per sample); track more epochs")
+        elif checkpoints is not None:
+            why = (f"the proxy tracked {int(checkpoints)} checkpoints, but no sample has finite "
+                   "losses at 3 of them (non-finite training losses: "
+                   f"{meta.get('nonfinite_train_losses', 'not recorded')})")
+        else:
+            why = ("the file does not record how many checkpoints were tracked; CLD needs "
+                   "finite losses at 3 or more checkpoints per sample")
+        what = "a CLD score"
+    else:
+        why = f"its {method!r} array holds only NaN"
+        what = f"a {method!r} score"
+    raise ValueError(f"no sample has {what} ({values.shape[0]} samples in the file, all "
+                     f"NaN): {why}. Nothing selected")
+
+
 def select_coreset(scores: ScoresFile, *, fraction: float | None = None,
                    per_class: int | None = None, order: str = "top", class_balanced: bool = True,
                    seed: int = 0) -> np.ndarray:
-    """Original dataset indices of a coreset chosen from a scores file by CLD."""
+    """Original dataset indices of a coreset chosen from a scores file by CLD. ValueError
+    when no sample is scored, or a class has fewer scored samples than its quota
+    (:func:`cldfast.selection.select`)."""
+    _require_scored(scores, scores.scores, "cld")
     return select(scores.scores, scores.labels, fraction=fraction, per_class=per_class, order=order,
                   class_balanced=class_balanced, dataset_indices=scores.train_indices, seed=seed)
 
@@ -229,10 +260,15 @@ def select_to_file(scores: str | Path, *, method: str = "cld", fraction: float |
     """Select a coreset from the scores file ``scores`` by ``method`` (CLD or any other
     stored score, :data:`cldfast.selection.METHODS`) and write its ORIGINAL dataset indices.
 
-    ``order``: default the method's own end (top for CLD). ``output``: a .npy file, or .txt
-    for one index per line; default beside the scores file, named after the selection
-    (``indices_top_f0.1.npy``, ``indices_forgetting_top_k5_global.npy``, ...). Returns
-    (path written, indices, order used).
+    ``order``: default the method's own end (top for CLD); the random method draws uniformly
+    whatever ``order`` says. ``output``: a .npy file, or .txt for one index per line; default
+    beside the scores file, named after the selection (``indices_top_f0.1.npy``,
+    ``indices_forgetting_top_k5_global.npy``, ``indices_random_f0.1.npy``, ...). Returns
+    (path written, indices, order used: ``random`` for the random method).
+
+    ValueError, nothing written, when no sample has a score (e.g. a proxy that tracked fewer
+    than 3 checkpoints) or a class has fewer scored samples than its quota
+    (:func:`cldfast.selection.select`).
     """
     if not class_balanced and per_class is not None:
         raise ValueError("a global selection needs a fraction (a per-class count has no meaning "
@@ -240,15 +276,20 @@ def select_to_file(scores: str | Path, *, method: str = "cld", fraction: float |
     sf = load_scores(scores)
     info = METHODS[canonical_method(method)]
     order = order or (info.order if info.order in ORDERS else "top")
+    if info.kind == "random":
+        order = "random"  # a uniform draw: no end of any score is kept
     values = score_array(sf, info.name)
     values = sf.scores if values is None else values  # random: uniform among CLD-scored samples
-    idx = select(values, sf.labels, fraction=fraction, per_class=per_class,
-                 order="random" if info.kind == "random" else order,
+    _require_scored(sf, values, info.name)
+    idx = select(values, sf.labels, fraction=fraction, per_class=per_class, order=order,
                  class_balanced=class_balanced, dataset_indices=sf.train_indices, seed=seed)
     size = f"f{fraction:g}" if fraction is not None else f"k{per_class}"
-    prefix = "indices" if info.name == "cld" else f"indices_{info.name}"
+    if info.kind == "random":
+        stem = f"indices_random_{size}"  # the same draw as CLD's --order random
+    else:
+        stem = f"{'indices' if info.name == 'cld' else f'indices_{info.name}'}_{order}_{size}"
     path = Path(output) if output else Path(scores).with_name(
-        f"{prefix}_{order}_{size}{'' if class_balanced else '_global'}.npy")
+        f"{stem}{'' if class_balanced else '_global'}.npy")
     if path.suffix == ".txt":
         atomic_write(path, lambda p: np.savetxt(p, idx, fmt="%d"))
     else:

@@ -86,7 +86,7 @@ def _ranking(scores: np.ndarray, dataset_indices: np.ndarray, order: str,
 
 def select(scores: Any, labels: Any, *, fraction: float | None = None,
            per_class: int | None = None, order: str = "top", class_balanced: bool = True,
-           dataset_indices: Any = None, seed: int = 0) -> np.ndarray:
+           dataset_indices: Any = None, seed: int = 0, allow_short: bool = False) -> np.ndarray:
     """Choose a coreset.
 
     Args:
@@ -99,9 +99,16 @@ def select(scores: Any, labels: Any, *, fraction: float | None = None,
         class_balanced: rank within each class (default) or over all samples.
         dataset_indices: [N] original dataset index of each entry (default: 0..N-1).
         seed: for ``order="random"``.
+        allow_short: what happens when a class has fewer scored (finite) samples than its
+            quota (``per_class``, or ``round(fraction * n_c)`` with ``n_c`` counting the
+            class's unscored samples too), or, without class balance, the whole set fewer
+            than ``round(fraction * N)``: False (default) raises ValueError naming the
+            class, the quota and the scored count, so that a coreset always has the size
+            asked for; True takes all the scored samples instead (the DeepCore adapter,
+            where the held-out validation samples count in ``n_c`` by DeepCore's
+            convention but can never be picked).
 
-    Returns the selected original dataset indices as a sorted int64 array. When a class has
-    fewer scored samples than its quota, all of its scored samples are taken.
+    Returns the selected original dataset indices as a sorted int64 array.
     """
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     y = np.asarray(labels).reshape(-1)
@@ -117,13 +124,24 @@ def select(scores: Any, labels: Any, *, fraction: float | None = None,
         if fraction is None:
             raise ValueError("give fraction= for a selection without class balance")
         k = int(math.floor(check_fraction(fraction) * s.shape[0] + 0.5))
-        chosen = _ranking(s, ids, order, rng)[:k]
-        return np.sort(ids[chosen])
+        chosen = _ranking(s, ids, order, rng)
+        if k > chosen.shape[0] and not allow_short:
+            raise ValueError(f"the selection asks for {k} samples (fraction {fraction:g} of "
+                             f"{s.shape[0]}) but only {chosen.shape[0]} have a score (NaN: no "
+                             "score); ask for fewer")
+        return np.sort(ids[chosen[:k]])
     quotas = class_quotas(y, fraction=fraction, per_class=per_class)
     picked = []
     for c, quota in quotas.items():
         members = np.flatnonzero(y == c)
         ranked = _ranking(s[members], ids[members], order, rng)
+        asked = quota if per_class is None else int(per_class)  # not capped at n_c here
+        if asked > ranked.shape[0] and not allow_short:
+            how = (f"per_class={int(per_class)}" if per_class is not None
+                   else f"fraction {fraction:g} of its {members.shape[0]} samples")
+            raise ValueError(f"class {c}: the selection asks for {asked} samples ({how}) but "
+                             f"only {ranked.shape[0]} of its {members.shape[0]} samples have a "
+                             "score (NaN: no score); ask for fewer")
         picked.append(ids[members[ranked[:quota]]])
     out = np.concatenate(picked) if picked else np.zeros(0, np.int64)
     return np.sort(out.astype(np.int64))

@@ -89,3 +89,75 @@ def test_threads_option(capsys):
         __import__("cldfast").set_threads(before)
     with pytest.raises(SystemExit):
         main(["--threads", "0", "info"])
+
+
+def test_select_random_names_what_it_did_not_an_order(scores_path, capsys):
+    assert main(["select", str(scores_path), "--method", "random", "--order", "top",
+                 "--fraction", "0.2", "--seed", "1"]) == 0
+    captured = capsys.readouterr()
+    written = scores_path.with_name("indices_random_f0.2.npy")
+    assert written.exists() and not list(scores_path.parent.glob("*top*"))
+    assert "(random, uniform draw, class-balanced)" in captured.out and "_top_" not in captured.out
+    assert "--order top does not apply to --method random" in captured.err
+    # the same draw as CLD's --order random, under the same name
+    drawn = np.load(written)
+    written.unlink()
+    assert main(["select", str(scores_path), "--order", "random", "--fraction", "0.2",
+                 "--seed", "1"]) == 0
+    np.testing.assert_array_equal(np.load(written), drawn)
+
+
+def _unscored(tmp_path, meta, n=40):
+    labels = np.arange(n) % 4
+    return save_scores(tmp_path / "scores.npz",
+                       ScoresFile(np.full(n, np.nan), labels, np.arange(n) + 100, np.arange(5), meta))
+
+
+@pytest.mark.parametrize("meta, why", [
+    ({"checkpoints": 2}, "the proxy tracked 2 checkpoint(s), 3 are needed"),
+    ({"tracked_epochs": [1, 2]}, "the proxy tracked 2 checkpoint(s), 3 are needed"),
+    ({"checkpoints": 5, "nonfinite_train_losses": 999},
+     "the proxy tracked 5 checkpoints, but no sample has finite losses at 3 of them"),
+    ({}, "does not record how many checkpoints were tracked"),
+])
+@pytest.mark.parametrize("method", ["cld", "random"])
+def test_select_from_a_file_without_scores_is_an_error_and_writes_nothing(tmp_path, capsys, meta,
+                                                                          why, method):
+    from cldfast.pipeline import select_to_file
+
+    path = _unscored(tmp_path, meta)
+    with pytest.raises(ValueError, match="no sample has a CLD score") as info:
+        select_to_file(path, method=method, fraction=0.5)
+    assert why in str(info.value)
+    out = tmp_path / "picked.npy"
+    assert main(["select", str(path), "--method", method, "--per-class", "2", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "cldfast select: error: no sample has a CLD score" in err and why in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.npz"]  # nothing written
+    assert main(["select", str(path), "--fraction", "0.5"]) == 2  # default name: not written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.npz"]
+
+
+def test_select_more_than_a_class_has_scored_is_an_error_and_writes_nothing(tmp_path, capsys):
+    from cldfast.pipeline import select_to_file, select_coreset
+
+    labels = np.arange(40) % 4
+    scores = np.linspace(-1, 1, 40)
+    scores[np.flatnonzero(labels == 2)[:7]] = np.nan  # class 2: 3 of 10 scored
+    path = save_scores(tmp_path / "scores.npz",
+                       ScoresFile(scores, labels, np.arange(40), np.arange(40, 44), {"checkpoints": 8}))
+    sf = load_scores(path)
+    assert select_coreset(sf, per_class=3).size == 12
+    with pytest.raises(ValueError, match=r"class 2: .*asks for 4 samples \(per_class=4\) but only 3"):
+        select_coreset(sf, per_class=4)
+    with pytest.raises(ValueError, match=r"class 2: .*asks for 5 samples \(fraction 0.5"):
+        select_to_file(path, fraction=0.5)
+    for args, quota in ((["--per-class", "4"], "asks for 4 samples (per_class=4)"),
+                        (["--fraction", "0.5"], "asks for 5 samples (fraction 0.5 of its 10"),
+                        (["--fraction", "0.5", "-o", str(tmp_path / "x.txt")], "asks for 5")):
+        assert main(["select", str(path), *args]) == 2
+        err = capsys.readouterr().err
+        assert "class 2:" in err and quota in err and "only 3 of its 10 samples have a score" in err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.npz"]
+    assert main(["select", str(path), "--per-class", "3"]) == 0  # enough scored: written
+    assert (tmp_path / "indices_top_k3.npy").exists()

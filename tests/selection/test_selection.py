@@ -23,7 +23,13 @@ def scored(draw):
 @given(scored(), st.sampled_from(["top", "bottom", "zero", "random"]), st.floats(0.01, 1.0))
 def test_class_balanced_invariants(problem, order, fraction):
     scores, labels, ids = problem
-    chosen = select(scores, labels, fraction=fraction, order=order, dataset_indices=ids, seed=3)
+    short = any(int(np.floor(fraction * (labels == c).sum() + 0.5))
+                > np.isfinite(scores[labels == c]).sum() for c in np.unique(labels))
+    if short:  # a class with fewer scored samples than its quota: an error by default
+        with pytest.raises(ValueError, match=r"class \d+: the selection asks for \d+ samples"):
+            select(scores, labels, fraction=fraction, order=order, dataset_indices=ids, seed=3)
+    chosen = select(scores, labels, fraction=fraction, order=order, dataset_indices=ids, seed=3,
+                    allow_short=True)
     assert np.all(np.diff(chosen) > 0)  # sorted, no duplicates
     pos = {int(i): k for k, i in enumerate(ids)}
     picked = np.array([pos[int(i)] for i in chosen], dtype=np.int64)  # in original space
@@ -33,7 +39,7 @@ def test_class_balanced_invariants(problem, order, fraction):
         finite = members[np.isfinite(scores[members])]
         quota = int(np.floor(fraction * members.size + 0.5))
         mine = picked[labels[picked] == c]
-        assert mine.size == min(quota, finite.size)
+        assert mine.size == min(quota, finite.size)  # allow_short: every scored one
         rest = np.setdiff1d(finite, mine)
         if order in ("top", "bottom", "zero") and mine.size and rest.size:
             key = {"top": -scores, "bottom": scores, "zero": np.abs(scores)}[order]
@@ -48,7 +54,8 @@ def test_top_is_highest_with_ties_to_lower_index():
     assert select(scores, labels, per_class=3).tolist() == [0, 1, 5]
     assert select(scores, labels, per_class=2, order="bottom").tolist() == [0, 3]
     assert select(scores, labels, per_class=1, order="zero").tolist() == [3]
-    assert select(scores, labels, per_class=10).tolist() == [0, 1, 2, 3, 5]  # NaN never
+    assert select(scores, labels, per_class=5).tolist() == [0, 1, 2, 3, 5]  # NaN never
+    assert select(scores, labels, per_class=10, allow_short=True).tolist() == [0, 1, 2, 3, 5]
 
 
 def test_global_and_per_class_counts():
@@ -83,3 +90,30 @@ def test_random_is_seeded_and_uniform_over_scored():
 def test_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         select(np.zeros(4), np.zeros(4, np.int64), **kwargs)
+
+
+def test_a_quota_above_the_scored_count_is_an_error_naming_class_quota_and_count():
+    """A coreset has the size asked for, or the call fails: NaN samples count in n_c (the
+    fraction's base) but cannot be picked."""
+    labels = np.repeat([0, 1], 10)
+    scores = np.linspace(-1, 1, 20)
+    scores[10:17] = np.nan  # class 1: 3 of 10 scored
+    assert select(scores, labels, per_class=3).size == 6
+    with pytest.raises(ValueError, match=r"class 1: .*asks for 4 samples \(per_class=4\) but only "
+                                         r"3 of its 10 samples have a score"):
+        select(scores, labels, per_class=4)
+    assert select(scores, labels, fraction=0.3).size == 6  # round(0.3 * 10) = 3 per class
+    with pytest.raises(ValueError, match=r"class 1: .*asks for 4 samples \(fraction 0.4 of its "
+                                         r"10 samples\) but only 3"):
+        select(scores, labels, fraction=0.4)
+    with pytest.raises(ValueError, match=r"class 0: .*asks for 11 samples \(per_class=11\) but "
+                                         r"only 10 of its 10"):  # more than the class holds
+        select(np.zeros(20), labels, per_class=11)
+    # Without class balance: round(f * N) against every scored sample.
+    assert select(scores, labels, fraction=0.65, class_balanced=False).size == 13
+    with pytest.raises(ValueError, match=r"asks for 14 samples \(fraction 0.7 of 20\) but only 13"):
+        select(scores, labels, fraction=0.7, class_balanced=False)
+    with pytest.raises(ValueError, match="class 0"):
+        select(np.full(20, np.nan), labels, fraction=0.1)
+    # allow_short=True: every scored sample of a short class (the DeepCore adapter's rule).
+    assert select(scores, labels, per_class=4, allow_short=True).size == 7
