@@ -96,6 +96,8 @@ def handle(args: argparse.Namespace) -> int:
           f"{100 * metrics['test_accuracy']:.2f} %{saved} -> "
           f"{Path(args.out) / (args.name + '_metrics.json')}")
     if metrics.get("scores_file"):
-        print(f"CLD scores of the pruned run (train-mode losses of the samples it kept) -> "
-              f"{metrics['scores_file']}")
+        source = (metrics.get("prune") or {}).get("loss_source", args.prune_loss_source)
+        losses = ("eval-mode losses of every training sample, from an eval pass each epoch"
+                  if source == "eval" else "train-mode losses of the samples it kept")
+        print(f"CLD scores of the pruned run ({losses}) -> {metrics['scores_file']}")
     return 0

@@ -91,6 +91,19 @@ def test_threads_option(capsys):
         main(["--threads", "0", "info"])
 
 
+@pytest.mark.parametrize("source, said", [
+    ("eval", "eval-mode losses of every training sample"),
+    ("train", "train-mode losses of the samples it kept")])
+def test_train_prune_says_which_losses_fed_the_scores(tmp_path, capsys, source, said):
+    out = tmp_path / source
+    assert main(["train", "--dataset", "digits", "--epochs", "3", "--batch-size", "128",
+                 "--device", "cpu", "--quiet", "--prune", "cld", "--prune-saving", "0.2",
+                 "--prune-loss-source", source, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"CLD scores of the pruned run ({said}" in printed
+    assert load_scores(out / "train_scores.npz").metadata["loss_source"] == source
+
+
 def test_select_random_names_what_it_did_not_an_order(scores_path, capsys):
     assert main(["select", str(scores_path), "--method", "random", "--order", "top",
                  "--fraction", "0.2", "--seed", "1"]) == 0
