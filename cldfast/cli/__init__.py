@@ -15,9 +15,12 @@ from .._core import __version__
 from ..io import CorruptFileError
 from ..training.checkpoints import Preempted
 from . import bench, export, run, select, track, train
-from .common import positive_int, setup_logging
+from .common import add_threads, setup_logging
 
 __all__ = ["main", "build_parser"]
+
+# The subcommands whose work (or report: info) depends on the thread count.
+THREADED_COMMANDS = ("run", "track", "train", "bench", "info")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,15 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Each subcommand has its own --help.")
     parser.add_argument("--version", action="version", version=f"cldfast {__version__}")
-    parser.add_argument("--threads", type=positive_int, metavar="N",
-                        help="CPU threads for torch and cldfast's kernels (default: torch's; on a "
-                             "machine other processes keep busy, 1 avoids OpenMP threads waiting "
-                             "for descheduled peers, and cldfast warns when it sees that case)")
+    add_threads(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (run, track, select, export, train, bench):
         module.register(sub)
     sub.add_parser("info", help="show what this build of cldfast was compiled with, the CUDA "
                                 "runtime and driver, and whether they are compatible")
+    for name in THREADED_COMMANDS:  # --threads after the subcommand too
+        add_threads(sub.choices[name], sub=True)
     return parser
 
 

@@ -160,6 +160,20 @@ def add_tracking(p: argparse.ArgumentParser) -> None:
                    help="tracker accumulator precision (default: %(default)s)")
 
 
+THREADS_HELP = ("CPU threads for torch and cldfast's kernels (default: torch's; on a machine "
+                "other processes keep busy, 1 avoids OpenMP threads waiting for descheduled "
+                "peers, and cldfast warns when it sees that case). Accepted before or after "
+                "the subcommand")
+
+
+def add_threads(p: argparse.ArgumentParser, *, sub: bool = False) -> None:
+    """``--threads N``: on the top-level parser, and again (``sub``) on each subcommand it
+    applies to, so that ``cldfast --threads 1 run`` and ``cldfast run --threads 1`` mean the
+    same. A subcommand's copy sets nothing when left out (the top-level value stands)."""
+    kwargs = {"default": argparse.SUPPRESS} if sub else {}
+    p.add_argument("--threads", type=positive_int, metavar="N", help=THREADS_HELP, **kwargs)
+
+
 def add_output(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--out", default=default, metavar="DIR", help="output folder (default: %(default)s)")
     p.add_argument("--resume", action="store_true",

@@ -120,6 +120,32 @@ def test_select_random_names_what_it_did_not_an_order(scores_path, capsys):
     np.testing.assert_array_equal(np.load(written), drawn)
 
 
+@pytest.mark.parametrize("command", ["run", "track", "train", "bench", "info"])
+def test_threads_before_or_after_the_subcommand(command):
+    from cldfast.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args([command, "--threads", "3"]).threads == 3
+    assert parser.parse_args(["--threads", "3", command]).threads == 3
+    assert parser.parse_args(["--threads", "5", command, "--threads", "3"]).threads == 3
+    assert parser.parse_args([command]).threads is None
+    with pytest.raises(SystemExit):
+        parser.parse_args([command, "--threads", "0"])
+
+
+def test_threads_after_the_subcommand_sets_the_threads(capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert main(["info", "--threads", "1"]) == 0
+        assert json.loads(capsys.readouterr().out)["cpu_threads"] == 1
+        assert torch.get_num_threads() == 1
+    finally:
+        __import__("cldfast").set_threads(before)
+
+
 def _unscored(tmp_path, meta, n=40):
     labels = np.arange(n) % 4
     return save_scores(tmp_path / "scores.npz",
