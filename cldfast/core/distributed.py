@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_from_env", "rank_world", "is_main", "barrier", "sum_across", "eval_shard",
-           "gather_batch", "local_device", "all_reduce_sum_", "reduce_scatter_sum",
-           "all_gather_flat", "gather_to_first", "gather_1d", "shard_indices"]
+__all__ = ["init_from_env", "rank_world", "is_main", "barrier", "sum_across", "values_across",
+           "eval_shard", "gather_batch", "local_device", "all_reduce_sum_", "reduce_scatter_sum",
+           "all_gather_flat", "gather_to_first", "gather_1d"]
 
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -65,6 +65,17 @@ def sum_across(values: list[float]) -> list[float]:
     if rank_world()[1] == 1:
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def values_across(value: float) -> list[float]:
+    """One number from every rank, in rank order (float64)."""
+    rank, world = rank_world()
+    if world == 1:
+        return [float(value)]
+    t = torch.full((world,), 0.0, dtype=torch.float64, device=_collective_device())
+    t[rank] = float(value)
     dist.all_reduce(t)
     return t.tolist()
 
@@ -147,9 +158,3 @@ def gather_1d(t: torch.Tensor) -> torch.Tensor:
     parts = [torch.zeros_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
     return torch.cat([p[: int(s)] for p, s in zip(parts, sizes)])
-
-
-def shard_indices(n: int) -> list[int]:
-    """This rank's share of positions 0..n-1 (every position on exactly one rank)."""
-    rank, world = rank_world()
-    return list(range(rank, n, world))

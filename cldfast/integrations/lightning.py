@@ -35,7 +35,7 @@ except ImportError:  # the standalone package name
                           "pip install lightning (or pip install 'cldfast[lightning]')") from exc
 
 from ..core.tracker import CLDTracker
-from ..core.distributed import gather_1d
+from .adapter import CLDAdapter
 
 __all__ = ["CLDCallback", "cross_entropy_losses"]
 
@@ -65,7 +65,9 @@ class CLDCallback(pl.Callback):
         val_labels: [Q] class of each validation sample.
         train_eval_loader: loader over the training split in eval form (no augmentation),
             yielding batches with training positions; needed for ``mode="eval"``. Under DDP
-            give each rank its shard (e.g. a DistributedSampler with shuffle=False).
+            give each rank its shard with as many batches on every rank (e.g. a
+            DistributedSampler(shuffle=False), which pads); workers and pinned memory are
+            the loader's own.
         val_loader: loader over the validation set, batches with positions in V.
         mode: ``"eval"`` (default, the paper's CLD) or ``"train"``: ``training_step`` returns a
             dict with ``"indices"`` and ``"per_sample_losses"`` (and ``"loss"``) and those are
@@ -76,6 +78,16 @@ class CLDCallback(pl.Callback):
         scores_path: write the scores file (``CLDTracker.save``) here when training ends.
         train_indices: [N] original dataset indices stored in the scores file.
         per_class, precision: passed to :class:`CLDTracker`.
+        name: distinguishes two callbacks with the same settings in one Trainer (their
+            checkpoint state is keyed by :attr:`state_key`, built from these arguments).
+
+    Resume: the callback's state (tracker, epochs handled) goes into Lightning's checkpoints
+    and ``Trainer.fit(ckpt_path=...)`` restores it, at any number of processes; a resumed
+    fit gives the scores of an uninterrupted one, or raises (a checkpoint without the
+    callback's state, or of another point of training). Each tracked epoch logs
+    ``cld/checkpoints``, ``cld/scored_fraction`` and the non-finite loss counts through
+    ``LightningModule.log``; the end of training logs the scores' summary to the Trainer's
+    loggers. The eval pass shows a progress bar when the Trainer shows one.
     """
 
     def __init__(self, train_labels: Any, val_labels: Any, *,
@@ -83,109 +95,103 @@ class CLDCallback(pl.Callback):
                  mode: str = "eval", batch_losses: BatchLosses = cross_entropy_losses,
                  every_n_epochs: int = 1, scores_path: str | Path | None = None,
                  train_indices: Any = None, per_class: bool = True,
-                 precision: str = "float64") -> None:
+                 precision: str = "float64", name: str | None = None) -> None:
         super().__init__()
-        if mode not in ("eval", "train"):
-            raise ValueError(f"mode must be 'eval' or 'train'; got {mode!r}")
+        self.core = CLDAdapter(train_labels, val_labels, mode=mode, every_n_epochs=every_n_epochs,
+                               scores_path=scores_path, train_indices=train_indices,
+                               per_class=per_class, precision=precision,
+                               source="cldfast.integrations.lightning.CLDCallback")
         if mode == "eval" and train_eval_loader is None:
             raise ValueError("mode='eval' (the paper's CLD) needs train_eval_loader: a loader over "
                              "the training split without augmentation, yielding positions")
-        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be an integer >= 1; got {every_n_epochs!r}")
-        self.train_labels = torch.as_tensor(train_labels)
-        self.val_labels = torch.as_tensor(val_labels)
         self.train_eval_loader = train_eval_loader
         self.val_loader = val_loader
-        self.mode = mode
         self.batch_losses = batch_losses
-        self.every_n_epochs = every_n_epochs
-        self.scores_path = scores_path
-        self.train_indices = train_indices
-        self.per_class = per_class
-        self.precision = precision
-        self.tracker: CLDTracker | None = None
-        self._pending_state: dict[str, Any] | None = None
+        self.name = name
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(mode=self.core.mode, per_class=self.core.per_class,
+                                        every_n_epochs=self.core.every_n_epochs,
+                                        precision=self.core.precision, name=self.name)
+
+    @property
+    def tracker(self) -> CLDTracker | None:
+        return self.core.tracker
 
     # ------------------------------------------------------------------ state
-    def _ensure_tracker(self, device: torch.device) -> CLDTracker:
-        if self.tracker is None:
-            self.tracker = CLDTracker(self.train_labels, self.val_labels, per_class=self.per_class,
-                                      precision=self.precision, device=device, distributed=False)
-            if self._pending_state is not None:
-                self.tracker.load_state_dict(self._pending_state)
-                self._pending_state = None
-        return self.tracker
-
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit":
-            self._ensure_tracker(pl_module.device)
+            self.core.ensure_tracker(pl_module.device)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"tracker": self.tracker.state_dict() if self.tracker is not None else None}
+        return self.core.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state = state_dict.get("tracker")
-        if state is None:
-            return
-        if self.tracker is not None:
-            self.tracker.load_state_dict(state)
-        else:
-            self._pending_state = state
+        if "tracker" in state_dict and "epochs_done" not in state_dict:
+            # Written by cldfast 0.1 (the tracker only): its epochs handled are its checkpoints.
+            tracker = state_dict["tracker"]
+            if tracker is None:
+                return
+            state_dict = {"mode": self.core.mode, "every_n_epochs": self.core.every_n_epochs,
+                          "epochs_done": int(tracker["checkpoint"]) * self.core.every_n_epochs,
+                          "tracker": tracker}
+        self.core.load_state_dict(state_dict)
 
     # ------------------------------------------------------------------ recording
-    def _tracked(self, epoch: int) -> bool:
-        return (epoch + 1) % self.every_n_epochs == 0
+    def _passes(self, trainer: Any, pl_module: Any) -> Callable[[], None]:
+        progress = trainer.progress_bar_callback is not None
 
-    def _record(self, idx: torch.Tensor, losses: torch.Tensor, *, validation: bool) -> None:
-        tracker = self.tracker
-        idx = gather_1d(torch.as_tensor(idx).to(tracker.device).long().reshape(-1))
-        losses = gather_1d(losses.detach().to(tracker.device).reshape(-1))
-        if validation:
-            tracker.record_validation(losses.double(), idx)
-        else:
-            tracker.record(idx, losses)
+        def losses(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.batch_losses(pl_module, pl_module.transfer_batch_to_device(
+                batch, pl_module.device, 0))
 
-    def _pass(self, pl_module: Any, loader: Iterable, *, validation: bool) -> None:
-        for batch in loader:
-            batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
-            idx, losses = self.batch_losses(pl_module, batch)
-            self._record(idx, losses, validation=validation)
+        def run() -> None:
+            was_training = pl_module.training
+            pl_module.eval()
+            try:
+                with torch.inference_mode():
+                    if self.core.mode == "eval":
+                        self.core.run_pass(self.train_eval_loader, losses, validation=False,
+                                           progress=progress, desc="CLD eval pass (training split)")
+                    self.core.run_pass(self.val_loader, losses, validation=True,
+                                       progress=progress, desc="CLD eval pass (validation)")
+            finally:
+                pl_module.train(was_training)
+        return run
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self.core.resume_check(trainer.current_epoch, pl_module.device,
+                               self._passes(trainer, pl_module),
+                               where=str(getattr(trainer, "ckpt_path", None) or "the checkpoint"))
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self.mode != "train" or not self._tracked(trainer.current_epoch):
+        if self.core.mode != "train" or not self.core.tracked(trainer.current_epoch):
             return
         if not isinstance(outputs, dict) or "indices" not in outputs or "per_sample_losses" not in outputs:
             raise ValueError("CLDCallback(mode='train') needs training_step to return a dict with "
                              "'loss', 'indices' and 'per_sample_losses'")
-        self._ensure_tracker(pl_module.device)
-        self._record(outputs["indices"], outputs["per_sample_losses"], validation=False)
+        self.core.ensure_tracker(pl_module.device)
+        self.core.record(outputs["indices"], outputs["per_sample_losses"])
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        if trainer.sanity_checking or not self._tracked(trainer.current_epoch):
+        if trainer.sanity_checking:
             return
-        tracker = self._ensure_tracker(pl_module.device)
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            with torch.inference_mode():
-                if self.mode == "eval":
-                    self._pass(pl_module, self.train_eval_loader, validation=False)
-                self._pass(pl_module, self.val_loader, validation=True)
-        finally:
-            pl_module.train(was_training)
-        tracker.end_epoch()
+        metrics = self.core.close_epoch(trainer.current_epoch, pl_module.device,
+                                        self._passes(trainer, pl_module))
+        if metrics:
+            # Equal on every process (the tracker is whole everywhere): no sync needed.
+            pl_module.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=False)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        if self.scores_path is not None and trainer.is_global_zero and self.tracker is not None:
-            self.tracker.save(self.scores_path, train_indices=self.train_indices,
-                              metadata={"source": "cldfast.integrations.lightning.CLDCallback",
-                                        "loss_source": self.mode,
-                                        "every_n_epochs": self.every_n_epochs})
+        if trainer.is_global_zero:
+            summary = self.core.final_metrics()
+            for logger in trainer.loggers:
+                logger.log_metrics(summary, step=trainer.global_step)
+        self.core.save_scores(writer=trainer.is_global_zero)
 
     # ------------------------------------------------------------------ results
     def scores(self) -> torch.Tensor:
         """[N] CLD scores (CPU, float64 by default); NaN where fewer than 2 differences."""
-        if self.tracker is None:
-            raise RuntimeError("no scores yet: the callback has not seen Trainer.fit")
-        return self.tracker.scores().cpu()
+        return self.core.scores()

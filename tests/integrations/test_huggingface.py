@@ -127,10 +127,13 @@ import test_huggingface as T
 import transformers
 from cldfast.integrations.huggingface import CLDTrainerCallback
 
+# 65 training samples in batches of 16: unpadded shards of 33 and 32 would give the ranks 3
+# and 2 batches, pairing one rank's validation gather with the other's training gather.
+T.N = 65
 model, inputs, labels = T.text_task()
 tr, va = T.split(inputs, labels)
 cb = CLDTrainerCallback(labels[:T.N], labels[T.N:], train_eval_dataset=tr, val_dataset=va,
-                        batch_size=24)
+                        batch_size=16)
 ref = T.PlainReference(inputs, labels)
 args = transformers.TrainingArguments(
     output_dir={out!r}, num_train_epochs=3, per_device_train_batch_size=8, learning_rate=5e-3,
@@ -145,7 +148,8 @@ np.save(f"{out}/ref{{rank}}.npy", ref.tracker.scores().numpy())
 
 @pytest.mark.slow
 def test_two_processes_under_torchrun(tmp_path):
-    """Each process evaluates its share; the all-gathered tracker equals the plain one."""
+    """Each process evaluates its padded share (equal batch counts with an odd N); the
+    all-gathered tracker equals the plain one."""
     import os
     import subprocess
     import sys

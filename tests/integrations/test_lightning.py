@@ -218,3 +218,43 @@ def test_pruning_sampler_inside_lightning():
     kept = [h["kept"] for h in pruner.history]
     assert kept[0] == N and kept[-1] == N and min(kept) < N  # epoch 0 and the last are full
     assert 0.15 < pruner.saved < 0.35
+
+
+def test_two_callbacks_share_a_trainer_and_resume_by_state_key(tmp_path):
+    """Per-class and global alignment side by side: distinct state keys, each restored from
+    the Lightning checkpoint into its own callback."""
+    x, y, xv, yv = data()
+    train, in_order, val = loaders(x, y, xv, yv)
+
+    def pair():
+        return (CLDCallback(y, yv, train_eval_loader=in_order, val_loader=val),
+                CLDCallback(y, yv, train_eval_loader=in_order, val_loader=val, per_class=False))
+
+    straight = pair()
+    trainer(4, list(straight), enable_checkpointing=False).fit(Net(), train)
+    assert straight[0].state_key != straight[1].state_key
+    first = pair()
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    trainer(2, [*first, ckpt]).fit(Net(), train)
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)["callbacks"]
+    assert {first[0].state_key, first[1].state_key} <= set(saved)
+    resumed = pair()
+    trainer(4, list(resumed), enable_checkpointing=False).fit(
+        Net(), train, ckpt_path=str(tmp_path / "last.ckpt"))
+    for got, want in zip(resumed, straight):
+        np.testing.assert_allclose(got.scores().numpy(), want.scores().numpy(), rtol=0, atol=1e-12)
+    assert not np.allclose(resumed[0].scores().numpy(), resumed[1].scores().numpy())
+    # A third callback of the same settings needs a name of its own.
+    named = CLDCallback(y, yv, train_eval_loader=in_order, val_loader=val, name="copy")
+    assert named.state_key not in {straight[0].state_key, straight[1].state_key}
+
+
+def test_resume_without_the_callback_state_is_refused(tmp_path):
+    x, y, xv, yv = data()
+    train, in_order, val = loaders(x, y, xv, yv)
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    trainer(2, [ckpt]).fit(Net(), train)  # no CLD callback: its checkpoint has no CLD state
+    cb = CLDCallback(y, yv, train_eval_loader=in_order, val_loader=val)
+    with pytest.raises(RuntimeError, match="holds no CLD tracker state"):
+        trainer(4, [cb], enable_checkpointing=False).fit(Net(), train,
+                                                         ckpt_path=str(tmp_path / "last.ckpt"))
