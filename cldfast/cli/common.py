@@ -125,7 +125,7 @@ def add_recipe(p: argparse.ArgumentParser, proxy: bool = False, role: str = "tra
                         "rounding)")
     g.add_argument("--no-eval-onednn", action="store_true",
                    help="CPU eval passes with the model's plain forward instead of its oneDNN "
-                        "inference copy (the copy is about 2x faster for float32 conv nets and "
+                        "inference copy (the copy is faster for float32 conv nets and "
                         "gives the same losses to float rounding; it is checked on the first "
                         "batch and skipped for models it does not fit)")
     g.add_argument("--seed", type=int, help=f"seed of the split, shuffling, initialisation "
@@ -144,10 +144,9 @@ def add_tracking(p: argparse.ArgumentParser) -> None:
                         "without augmentation, over the training split at every tracked "
                         "checkpoint (one fast batched pass that also serves the validation "
                         "split). train: the training forward pass's own losses, no extra pass; "
-                        "an APPROXIMATION that ranks samples almost independently of eval mode "
-                        "(Spearman -0.02 to 0.15 on Fashion-MNIST) and loses most of CLD's "
-                        "signal for mislabeled samples (AUROC 0.60 vs 0.92 with 20%% flipped "
-                        "labels); see benchmarks/RESULTS.md, Fidelity")
+                        "an APPROXIMATION whose rankings differ from eval mode's (noisier "
+                        "trajectories, augmented inputs). How much: docs/method.md, 'Where the "
+                        "losses come from', and the README, 'When does CLD work?'")
     g.add_argument("--track-epochs", type=positive_int, metavar="K",
                    help="only the first K epochs feed CLD; the proxy stops there")
     g.add_argument("--track-every", type=positive_int, default=1, metavar="M",

@@ -2,9 +2,9 @@
 
 On a machine with few cores, a training run whose OpenMP threads outnumber the idle cores
 slows down far more than its share: the threads of one parallel region wait at every barrier
-for a peer that the scheduler has parked behind another process (measured on a 2-core
-machine: about 15x slower with one competing process and 2 torch threads, and normal speed
-with 1 thread).
+for a peer that the scheduler has parked behind another process, so a run with fewer
+threads than cores, down to 1, can be many times faster than one with every core
+(README, Performance).
 """
 
 from __future__ import annotations

@@ -61,9 +61,8 @@ def run_table(results: dict[str, dict[str, Any]], fractions: Sequence[float],
     for label, key in (("top CLD", "top"), ("near-zero CLD", "zero"), ("most negative CLD", "bottom")):
         lines.append(f"| {label} | {_pm(results[f'cld_{key}_{compare:g}'])} |")
     if seeds < 2:
-        lines += ["", "Single seed: differences of about 1 point between runs of the same "
-                  "command are noise here (two runs measured -0.97 .. +0.40 points for CLD - "
-                  "random); use --seeds 2 or more."]
+        lines += ["", "Single seed: a difference between CLD and random coresets may be no "
+                  "more than run-to-run noise; use --seeds 2 or more to see the seed spread."]
     elif spreads:
         lines += ["", f"A difference smaller than the seed spread (std up to "
                   f"{100 * max(spreads):.2f} points here) is no difference."]

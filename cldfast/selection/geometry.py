@@ -11,7 +11,7 @@ Two backends with the same results (up to float rounding on near-ties):
 
 * numpy arrays: numba kernels, distances accumulated in float64, on one thread. (Not
   ``parallel=True``: once numba's OpenMP threading layer has run, torch's CPU operators in
-  the same process ran ~50x slower here, and the bench retrains right after selecting.)
+  the same process ran many times slower, and the bench retrains right after selecting.)
 * torch tensors, on the GPU or on the CPU with torch's own threads: one matrix-vector
   product per pick, ``||x||^2 - 2 x.c + ||c||^2`` in float32, still without an N x N matrix.
   The bench hands CUDA embeddings to this path.

@@ -53,8 +53,8 @@ def _batched_source(dataset) -> InMemoryImageDataset | None:
 def _eval_memory_format(model: torch.nn.Module, channels_last: bool):
     """Run the block with ``model``'s 4-D weights in channels_last, restoring their layout
     after. Only the layout changes (the same values), so training is unaffected; on the CPU
-    channels_last makes the small CNN's eval forward about 3x faster (max-pooling above
-    all), on the GPU it feeds tensor cores. Not done under torch.distributed, where DDP's
+    channels_last makes the small CNN's eval forward faster (max-pooling above all; README,
+    Performance), on the GPU it feeds tensor cores. Not done under torch.distributed, where DDP's
     gradient buckets are laid out after the parameters' strides."""
     weights = [p for p in model.parameters() if p.dim() == 4]
     # Every weight is checked: a 1-channel one ([O, 1, kH, kW]) passes either test.
@@ -188,8 +188,8 @@ def eval_batches(model: torch.nn.Module, dataset, indices: np.ndarray, *, batch_
     batch at a time (no per-item Python, no collation); inputs and 4-D weights in
     channels_last when asked (the weights' layout is restored when the loop ends); with
     ``onednn`` on the CPU, a float32 convolutional model runs as an inference copy on
-    oneDNN's blocked layout (:func:`_onednn_copy`: about 2x faster than channels_last here;
-    checked against the model on its first batch, the plain forward otherwise); bfloat16
+    oneDNN's blocked layout (:func:`_onednn_copy`: faster than channels_last for such
+    models; checked against the model on its first batch, the plain forward otherwise); bfloat16
     autocast only with ``amp`` on CUDA. Hooks on ``model``'s modules see the batches only on
     the plain forward (pass ``onednn=False`` to rely on them). The model is left in eval
     mode, as a test pass leaves it; the training loop sets train mode at every epoch.

@@ -37,8 +37,8 @@ class SmallCNN(nn.Module):
 
     Three blocks of 3x3 conv, 2x2 max-pool, BN and ReLU with 16, 32 and 64 channels, then
     global average pooling and a linear classifier. A block skips its pool once the feature
-    map is smaller than 4 pixels on its shorter side, so 8x8 inputs still work. On
-    Fashion-MNIST it reaches about 89 % test accuracy after 3 epochs.
+    map is smaller than 4 pixels on its shorter side, so 8x8 inputs still work. Its
+    accuracies on the embedded data: benchmarks/RESULTS.md.
 
     Input: float32 [B, C, H, W]; output: logits float32 [B, num_classes].
     """

@@ -200,3 +200,31 @@ def test_select_more_than_a_class_has_scored_is_an_error_and_writes_nothing(tmp_
         assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.npz"]
     assert main(["select", str(path), "--per-class", "3"]) == 0  # enough scored: written
     assert (tmp_path / "indices_top_k3.npy").exists()
+
+
+def _help_texts(parser) -> list[tuple[str, str]]:
+    import argparse
+
+    out = [("cldfast", parser.description or "")]
+    for action in parser._actions:  # argparse has no public walk over its options
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out += [(f"{name} {t[0]}", t[1]) for t in _help_texts(sub)]
+        elif action.help:
+            out.append(("/".join(action.option_strings) or action.dest, action.help))
+    return out
+
+
+def test_help_texts_quote_no_measured_figures():
+    """Help says what an option does and where the measurements are; figures quoted in help
+    go stale (the --loss-source help quoted other numbers than benchmarks/RESULTS.md)."""
+    import re
+
+    from cldfast.cli import build_parser
+
+    texts = _help_texts(build_parser())
+    measured = re.compile(r"\d+(?:\.\d+)?x (?:faster|slower)|~\d+(?:\.\d+)?x\b|AUROC|Spearman|"
+                          r"\d+\.\d+ vs \d|\d+(?:\.\d+)? ?% test accuracy")
+    assert [(where, text) for where, text in texts if measured.search(text)] == []
+    loss_source = dict(texts)["track --loss-source"]
+    assert "docs/method.md" in loss_source and "APPROXIMATION" in loss_source
