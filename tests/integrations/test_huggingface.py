@@ -164,3 +164,26 @@ def test_two_processes_under_torchrun(tmp_path):
         want = np.load(tmp_path / f"ref{rank}.npy")
         assert np.isfinite(want).all()
         np.testing.assert_allclose(np.load(tmp_path / f"cb{rank}.npy"), want, rtol=0, atol=1e-5)
+
+
+def test_metrics_reach_the_reporting_callbacks_after_attach(tmp_path):
+    """A reporter registered before the CLD callback (as report_to integrations are) receives
+    the cld/* metrics once the callback is attached in front."""
+    model, inputs, labels = text_task()
+    tr, va = split(inputs, labels)
+
+    class Reporter(transformers.TrainerCallback):
+        def __init__(self):
+            self.seen = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.seen.append(dict(logs))
+
+    reporter = Reporter()
+    cb = CLDTrainerCallback(labels[:N], labels[N:], train_eval_dataset=tr, val_dataset=va)
+    trainer = transformers.Trainer(model=model, args=args(tmp_path), train_dataset=tr,
+                                   callbacks=[reporter, cb])
+    cb.attach(trainer).train()
+    logged = [e["cld/checkpoints"] for e in reporter.seen if "cld/checkpoints" in e]
+    assert logged[:4] == [1.0, 2.0, 3.0, 4.0]
+    assert any("cld/score_mean" in e for e in trainer.state.log_history)
