@@ -169,6 +169,10 @@ class CLDAdapter:
         step of an epoch but before that epoch's end hook (Hugging Face's step-based saving)
         is one epoch behind: its eval pass runs now, on the restored (final) model."""
         epochs_finished = int(epochs_finished)
+        if not self.restored and self.epochs_done:
+            raise RuntimeError(
+                f"this CLD callback already tracked a training run ({self.epochs_done} epochs); "
+                "a callback tracks one run: make a new one for the next")
         if epochs_finished == 0 and not self.restored:
             return
         if not self.restored:

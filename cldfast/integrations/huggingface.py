@@ -199,10 +199,9 @@ class CLDTrainerCallback(TrainerCallback):
     # ------------------------------------------------------------------ Trainer events
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         device = next(model.parameters()).device
-        if state.global_step > 0:
-            where = self._restore(args, state)
-            self.core.resume_check(_epochs_finished(state), device,
-                                   self._passes(args, state, model, kwargs), where=where)
+        where = self._restore(args, state) if state.global_step > 0 else "a fresh start"
+        self.core.resume_check(_epochs_finished(state), device,
+                               self._passes(args, state, model, kwargs), where=where)
         self.core.ensure_tracker(device)
 
     def on_epoch_begin(self, args, state, control, **kwargs):

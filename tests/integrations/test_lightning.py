@@ -258,3 +258,12 @@ def test_resume_without_the_callback_state_is_refused(tmp_path):
     with pytest.raises(RuntimeError, match="holds no CLD tracker state"):
         trainer(4, [cb], enable_checkpointing=False).fit(Net(), train,
                                                          ckpt_path=str(tmp_path / "last.ckpt"))
+
+
+def test_a_callback_tracks_one_run():
+    x, y, xv, yv = data()
+    train, in_order, val = loaders(x, y, xv, yv)
+    cb = CLDCallback(y, yv, train_eval_loader=in_order, val_loader=val)
+    trainer(2, [cb], enable_checkpointing=False).fit(Net(), train)
+    with pytest.raises(RuntimeError, match="already tracked a training run"):
+        trainer(2, [cb], enable_checkpointing=False).fit(Net(), train)
