@@ -67,7 +67,8 @@ def authors_ranking(sf: ScoresFile) -> dict[str, np.ndarray]:
     """The authors' layout: for each class (key ``str(class)``), the original dataset indices
     of its scored training samples from the highest CLD to the lowest (ties: lower index
     first). Samples without a score are left out, as cldfast's selection never picks them, so
-    the first k entries of each class are what ``cldfast select --per-class k`` keeps."""
+    the first k entries of each class are what ``cldfast select --per-class k`` keeps (which
+    refuses a k above a class's scored count, where the authors' script takes fewer)."""
     out: dict[str, np.ndarray] = {}
     for c in np.unique(sf.labels):
         members = np.flatnonzero((sf.labels == c) & ~np.isnan(sf.scores))
