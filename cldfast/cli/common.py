@@ -176,7 +176,8 @@ def add_threads(p: argparse.ArgumentParser, *, sub: bool = False) -> None:
 def add_output(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--out", default=default, metavar="DIR", help="output folder (default: %(default)s)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from the checkpoints in --out (same options required)")
+                   help="continue from the checkpoints in --out (same options required; with "
+                        "the same or another number of processes)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
