@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import RESULTS, markdown_table, median_time, write_section  # noqa: E402
 
 from cldfast import CLDTracker
-from cldfast.core import kernels as _ops, kernels_torch as _reference  # noqa: E402
+from cldfast.core import kernels as _ops, kernels_torch  # noqa: E402
 
 BATCH = 256
 CLASSES = 1000
@@ -101,7 +101,7 @@ def bench_cpu(n: int, repeats: int, record_batches: int) -> list[dict]:
 
     def rec_torch():
         for idx, loss in batches:
-            _reference._record(idx, loss, tracker._epoch, n, tracker._flags)
+            kernels_torch.record(idx, loss, tracker._epoch, n, tracker._flags)
 
     np_stream = NumpyStream(tracker)
     np_batches = [(i.numpy(), l.numpy()) for i, l in batches]
@@ -122,7 +122,7 @@ def bench_cpu(n: int, repeats: int, record_batches: int) -> list[dict]:
 
     def end_torch():
         fill_epoch()
-        _reference._end_epoch(tracker._labels, history, 0, 1, *state)
+        kernels_torch.end_epoch(tracker._labels, history, 0, 1, *state)
         tracker._epoch.zero_()
 
     hist_np = history.numpy()
@@ -163,7 +163,7 @@ def bench_cuda(n: int, repeats: int) -> tuple[list[dict], float]:
 
     def rec_torch():
         for _ in range(reps):
-            _reference._record(idx, loss, tracker._epoch, n, tracker._flags)
+            kernels_torch.record(idx, loss, tracker._epoch, n, tracker._flags)
 
     rec = {"kernel": median_time(rec_kernel, repeats, sync=sync) / reps,
            "torch-ops": median_time(rec_torch, repeats, sync=sync) / reps}
@@ -186,7 +186,7 @@ def bench_cuda(n: int, repeats: int) -> tuple[list[dict], float]:
         _ops.end_epoch(tracker._labels, history, 0, 1, *state, clear_epoch=True)
 
     def end_torch():
-        _reference._end_epoch(tracker._labels, history, 0, 1, *state)
+        kernels_torch.end_epoch(tracker._labels, history, 0, 1, *state)
         tracker._epoch.zero_()
 
     end = {"kernel": timed_end(end_kernel), "torch-ops": timed_end(end_torch)}

@@ -3,17 +3,18 @@
 The public API: :class:`CLDTracker` (record losses in a training loop, read CLD scores when
 training ends), :func:`cld_from_trajectories` and :func:`read_authors_pickle` (stored
 trajectories), :func:`select` (class-balanced coresets in original dataset indices) and
-:func:`build_info` (what this build was compiled with). The pipeline behind the `cldfast`
-command is in :mod:`cldfast.pipeline`; docs/design.md maps the subpackages (core, data,
-scores, selection, training, pipeline, cli, integrations) and the data path through them.
+:func:`build_info` (what this build was compiled with, and which kernels each device
+runs). The pipeline behind the `cldfast` command is in :mod:`cldfast.pipeline`;
+docs/design.md maps the subpackages (core, data, scores, selection, training, pipeline, cli,
+integrations) and the data path through them.
 """
 
 from __future__ import annotations
 
 from . import _core
 from ._core import __version__
-from .core import (AuthorsLosses, CLDTracker, CLDWarning, IdMap, check_cpu_contention,
-                   cld_from_trajectories, read_authors_pickle, set_threads)
+from .core import (AuthorsLosses, CLDTracker, CLDWarning, IdMap, KernelFallbackWarning,
+                   check_cpu_contention, cld_from_trajectories, read_authors_pickle, set_threads)
 from .core.kernels import build_info
 from .selection.balanced import ccs_select, select
 
@@ -23,6 +24,7 @@ __all__ = [
     "CLDTracker",
     "CLDWarning",
     "IdMap",
+    "KernelFallbackWarning",
     "build_info",
     "cld_from_trajectories",
     "read_authors_pickle",

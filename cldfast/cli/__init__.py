@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     for module in (run, track, select, export, train, bench):
         module.register(sub)
     sub.add_parser("info", help="show what this build of cldfast was compiled with, the CUDA "
-                                "runtime and driver, and whether they are compatible")
+                                "runtime and driver, whether they are compatible, and which "
+                                "kernels each device runs (native, or the torch twins)")
     for name in THREADED_COMMANDS:  # --threads after the subcommand too
         add_threads(sub.choices[name], sub=True)
     return parser

@@ -93,6 +93,34 @@ def _check_1d(name: str, t: Any, expected_len: int | None = None) -> torch.Tenso
     return t
 
 
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    """The tracker's device, with its index made explicit (``cuda`` -> ``cuda:0``, ``mps`` ->
+    ``mps:0``), so that it compares equal to the device of the tensors created on it. Any
+    device type torch can allocate float64 on is accepted; the kernels' dispatch picks the
+    native kernels or their torch twins for it."""
+    dev = torch.device(device if device is not None else "cpu")
+    if dev.type == "meta":
+        raise ValueError("device='meta' holds no data; the tracker needs a device that computes "
+                         "(e.g. 'cpu' or 'cuda')")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={str(dev)!r} was asked for but torch sees no CUDA GPU here; "
+                           "use device='cpu'")
+    backend = getattr(torch, dev.type, None)
+    available = getattr(backend, "is_available", None)
+    if dev.type != "cpu" and callable(available) and not available():
+        raise RuntimeError(f"device={str(dev)!r} was asked for but torch sees no {dev.type} "
+                           "device here; use device='cpu'")
+    try:
+        probe = torch.zeros(1, dtype=torch.float64, device=dev)
+    except (RuntimeError, TypeError, NotImplementedError, AssertionError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RuntimeError(
+            f"device={str(dev)!r}: torch cannot hold a float64 tensor there ({first}); the "
+            "tracker keeps its validation losses in float64, so track on the CPU (the model "
+            "may stay on its device: pass the losses with .cpu())") from exc
+    return probe.device
+
+
 # torch renamed the single-tensor collectives; use whichever this torch has.
 
 
@@ -130,7 +158,12 @@ class CLDTracker(Stateful):
         val_labels: [Q] integer class of each validation sample.
         per_class: correlate with the mean validation loss of the sample's own class
             (default). ``False`` uses the mean over all of V for every sample.
-        device: where the state lives and the kernels run (``"cpu"`` or a CUDA device).
+        device: where the state lives and the kernels run: ``"cpu"`` (default), a CUDA
+            device, or any other device torch can hold float64 tensors on. Where this build
+            has no compiled kernels for it (a CPU-only build on a GPU machine, ROCm, XPU, ...)
+            the torch twins of the kernels run instead, with one
+            :class:`~cldfast.core.kernels.KernelFallbackWarning` (``CLDFAST_KERNELS``:
+            cldfast.core.kernels).
         precision: ``"float64"`` (default) or ``"float32"`` co-moment accumulators.
         num_classes: number of classes; default ``max(label) + 1`` over both label sets.
         distributed: ``None`` (default) shards the state across the ranks of the default
@@ -172,16 +205,11 @@ class CLDTracker(Stateful):
         if num_checkpoints is not None and int(num_checkpoints) < 1:
             raise ValueError(f"num_checkpoints must be >= 1; got {num_checkpoints}")
         self.num_checkpoints = None if num_checkpoints is None else int(num_checkpoints)
-        self.device = torch.device(device if device is not None else "cpu")
-        if self.device.type == "cuda":
-            _ops._require_cuda_build(self.device)
-            if not torch.cuda.is_available():
-                raise RuntimeError(f"device={str(self.device)!r} was asked for but torch sees no "
-                                   "CUDA GPU here; use device='cpu'")
-            if self.device.index is None:
-                self.device = torch.device("cuda", torch.cuda.current_device())
-        elif self.device.type != "cpu":
-            raise ValueError(f"device must be 'cpu' or a CUDA device; got {self.device}")
+        self.device = _resolve_device(device)
+        # The kernels' path on this device (native, or the torch twins with one
+        # KernelFallbackWarning per device type); raises here rather than at the first record()
+        # when CLDFAST_KERNELS=native and no compiled kernels cover the device.
+        _ops.uses_native(self.device, stacklevel=2)
 
         self._group = process_group
         if distributed is None:

@@ -304,10 +304,10 @@ def test_label_errors(labels, match):
 def test_precision_and_device_errors():
     with pytest.raises(ValueError, match="precision must be one of"):
         CLDTracker([0], [0], precision="float16")
-    with pytest.raises(ValueError, match="device must be 'cpu' or a CUDA device"):
+    with pytest.raises(ValueError, match="device='meta' holds no data"):
         CLDTracker([0], [0], device="meta")
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="(no CUDA GPU|built without CUDA)"):
+        with pytest.raises(RuntimeError, match="torch sees no CUDA GPU"):
             CLDTracker([0], [0], device="cuda")
 
 
