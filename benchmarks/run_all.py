@@ -8,6 +8,7 @@ another's figures), and each writing its own section of RESULTS.md:
   bench_fidelity.py   when CLD works: eval vs train mode, label noise, proxy length, subsampling, ...
   bench_prune.py      dynamic pruning inside training: CLD-guided vs InfoBatch vs random, by sample-passes saved
   bench_scale.py      tracker time and memory from N = 1e5 to 1e8
+  bench_rehearsal.py  an ImageNet-sized job (N = 1,281,167) through track, select, export, train
   bench_update.py     record() and end_epoch() kernels vs torch ops and numpy
   bench_distributed.py  tracker bytes per rank and the end_epoch collectives (Gloo ranks)
 
@@ -33,9 +34,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _results import RESULTS  # noqa: E402
 
-SCRIPTS = ("overhead", "selection", "fidelity", "prune", "scale", "update", "distributed")
+SCRIPTS = ("overhead", "selection", "fidelity", "prune", "scale", "rehearsal", "update",
+           "distributed")
 WRITE_ONLY_DEFAULT = {"update", "distributed"}  # no --smoke / --results: they write RESULTS.md only
-THREADED = {"overhead", "selection", "fidelity", "prune"}  # scripts with a --threads option
+THREADED = {"overhead", "selection", "fidelity", "prune", "rehearsal"}  # scripts with a --threads option
 
 
 def command(name: str, args) -> list[str]:

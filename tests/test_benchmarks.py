@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
-SECTIONS = ("overhead", "selection", "fidelity", "prune", "scale")
+SECTIONS = ("overhead", "selection", "fidelity", "prune", "scale", "rehearsal")
 
 
 # Every benchmark script end to end at smoke sizes: slow.
@@ -45,7 +45,9 @@ def test_run_all_smoke_writes_every_section_elsewhere(tmp_path):
     # RESULTS.md): their tables are in stdout.
     assert "| device | N | implementation |" in proc.stdout
     assert "| run | seeds | target saving |" in text and "cld@0.3" in text
-    for name in ("overhead", "selection", "fidelity", "prune", "scale", "update", "distributed"):
+    assert "| stage | wall s | peak RSS MiB |" in text and "export --format authors" in text
+    for name in ("overhead", "selection", "fidelity", "prune", "scale", "rehearsal", "update",
+                 "distributed"):
         assert f"bench_{name}.py ok" in proc.stdout
     assert (real.read_bytes() if real.exists() else None) == before, "RESULTS.md was modified"
 
