@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ORDERS", "DEFAULT_FRACTIONS", "select", "class_quotas", "ccs_select", "check_fraction", "check_fractions"]
+__all__ = ["ORDERS", "DEFAULT_FRACTIONS", "select", "class_quotas", "ccs_select", "check_fraction",
+           "check_fractions", "check_scored"]
 
 ORDERS = ("top", "bottom", "zero", "random")
 
@@ -55,6 +56,20 @@ def class_quotas(labels: np.ndarray, *, fraction: float | None = None,
     if k < 1 or k != per_class:
         raise ValueError(f"per_class must be a positive integer; got {per_class}")
     return {int(c): min(k, int(n)) for c, n in zip(classes, counts)}
+
+
+def check_scored(c: int, quota: int, scored: int, n: int, *, fraction: float | None = None,
+                 per_class: int | None = None) -> None:
+    """The one short-class check: ValueError when class ``c`` (``n`` samples, ``scored`` of
+    them with a finite score) has fewer scored samples than its selection asks for
+    (``per_class``, not capped at ``n``, or its ``quota`` from ``fraction``)."""
+    asked = quota if per_class is None else int(per_class)
+    if asked > scored:
+        how = (f"per_class={int(per_class)}" if per_class is not None
+               else f"fraction {fraction:g} of its {n} samples")
+        raise ValueError(f"class {c}: the selection asks for {asked} samples ({how}) but "
+                         f"only {scored} of its {n} samples have a score (NaN: no score); "
+                         "ask for fewer")
 
 
 def _dataset_indices(dataset_indices: Any, n: int) -> np.ndarray:
@@ -135,21 +150,18 @@ def select(scores: Any, labels: Any, *, fraction: float | None = None,
     for c, quota in quotas.items():
         members = np.flatnonzero(y == c)
         ranked = _ranking(s[members], ids[members], order, rng)
-        asked = quota if per_class is None else int(per_class)  # not capped at n_c here
-        if asked > ranked.shape[0] and not allow_short:
-            how = (f"per_class={int(per_class)}" if per_class is not None
-                   else f"fraction {fraction:g} of its {members.shape[0]} samples")
-            raise ValueError(f"class {c}: the selection asks for {asked} samples ({how}) but "
-                             f"only {ranked.shape[0]} of its {members.shape[0]} samples have a "
-                             "score (NaN: no score); ask for fewer")
+        if not allow_short:
+            check_scored(c, quota, int(ranked.shape[0]), int(members.shape[0]),
+                         fraction=fraction, per_class=per_class)
         picked.append(ids[members[ranked[:quota]]])
     out = np.concatenate(picked) if picked else np.zeros(0, np.int64)
     return np.sort(out.astype(np.int64))
 
 
-def ccs_select(scores: Any, labels: Any, *, fraction: float, hard: str = "top",
-               beta: float = 0.1, strata: int = 50, class_balanced: bool = False,
-               dataset_indices: Any = None, seed: int = 0) -> np.ndarray:
+def ccs_select(scores: Any, labels: Any, *, fraction: float | None = None,
+               per_class: int | None = None, hard: str = "top", beta: float = 0.1,
+               strata: int = 50, class_balanced: bool = False, dataset_indices: Any = None,
+               seed: int = 0) -> np.ndarray:
     """Coverage-centric coreset selection (CCS; Zheng et al., ICLR 2023).
 
     1. Drop the hardest ``floor(beta * n)`` scored samples (the ``hard`` end: ``top`` = the
@@ -167,6 +179,8 @@ def ccs_select(scores: Any, labels: Any, *, fraction: float, hard: str = "top",
         labels: [N] int classes.
         fraction: budget ``round(fraction * N)`` (half up) over all samples, or
             ``round(fraction * n_c)`` per class when ``class_balanced`` (CCS within each class).
+        per_class: instead of ``fraction``, ``min(per_class, n_c)`` per class (needs
+            ``class_balanced``).
         hard: which end is hardest, ``top`` or ``bottom``.
         beta: hard cutoff rate in [0, 1).
         strata: number of bins, >= 1 (the paper uses 50).
@@ -189,7 +203,10 @@ def ccs_select(scores: Any, labels: Any, *, fraction: float, hard: str = "top",
     k = int(strata)
     if k < 1 or k != strata:
         raise ValueError(f"strata must be a positive integer; got {strata}")
-    f = check_fraction(fraction)
+    if not class_balanced and (per_class is not None or fraction is None):
+        raise ValueError("CCS over all samples needs fraction= (per_class= needs "
+                         "class_balanced=True)")
+    quotas = class_quotas(y, fraction=fraction, per_class=per_class) if class_balanced else None
     ids = _dataset_indices(dataset_indices, s.shape[0])
     rng = np.random.default_rng(seed)
 
@@ -223,9 +240,9 @@ def ccs_select(scores: Any, labels: Any, *, fraction: float, hard: str = "top",
         return ids[np.concatenate(picked)] if picked else np.zeros(0, np.int64)
 
     if not class_balanced:
+        f = check_fraction(fraction)
         chosen = one_group(np.arange(s.shape[0]), int(math.floor(f * s.shape[0] + 0.5)))
     else:
-        parts = [one_group(np.flatnonzero(y == c), quota)
-                 for c, quota in class_quotas(y, fraction=f).items()]
+        parts = [one_group(np.flatnonzero(y == c), quota) for c, quota in quotas.items()]
         chosen = np.concatenate(parts) if parts else np.zeros(0, np.int64)
     return np.sort(chosen.astype(np.int64))
