@@ -1,0 +1,232 @@
+"""Selection rules beyond top-k: which rule, over CLD or a baseline score, beats random coresets?
+
+Settings (the fidelity study's protocol, benchmarks/bench_fidelity.py: a seeded 1,000 per
+class subset of the embedded Fashion-MNIST training images, 10 % of it held out per class as
+the validation split V, small CNN proxy and retrained models, full 10,000-image test split):
+
+  clean        no label noise
+  noise20      20 % of the labels flipped (symmetric, seeded), V noisy too (what the
+               pipeline's default split gives)
+  noise20-cv   the same flips, V with its true labels (a user with a curated V)
+  noise40 / noise40-cv   40 % flipped
+
+One eval-mode proxy per setting (CLD, the paper's estimator, with AUM / forgetting / EL2N
+recorded from the same training pass). For each budget (``--fractions``), every rule of
+``cldfast.selection.RULES`` with its automatic parameters (chosen from the training scores
+and the budget only, never the test set) over CLD and over the setting's best baseline (the
+baseline whose low end flags the flipped samples best; AUM on clean data), plus class-balanced
+random coresets and, under noise, the oracle (random among the truly clean samples). Every
+coreset is retrained with ``--seeds`` seeds; the table gives mean ± std (sample std) and the
+paired difference against random (same seeds: mean ± std of the per-seed differences).
+
+Cells (proxies and retrainings) are cached in ``--work``: a re-run skips them, and the
+RESULTS.md section is rewritten from every cached cell after each budget. The grid costs
+hours of CPU; budgets run in the order given (``--fractions``), settings in ``--settings``.
+
+    python benchmarks/bench_rules.py                              # all, writes 'rules'
+    python benchmarks/bench_rules.py --fractions 0.1,0.3 --settings noise20-cv,clean
+    python benchmarks/bench_rules.py --smoke --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _results import RESULTS, markdown_table, write_section  # noqa: E402
+import bench_fidelity as fid  # noqa: E402
+
+from cldfast.data import InMemoryImageDataset, split_train_val  # noqa: E402
+from cldfast.selection import METHODS, RULES, auto_params, select, select_by_rule  # noqa: E402
+
+SETTINGS = ("noise20-cv", "noise20", "clean", "noise40-cv", "noise40")
+BASELINES = ("aum", "forgetting", "el2n")
+
+
+class RulesStudy(fid.Study):
+    """The fidelity study's data and cell cache, with label noise at any rate and a clean V."""
+
+    def setting(self, name: str):
+        if name in self._bundles:
+            return self._bundles[name]
+        rate = {"clean": 0.0, "noise20": 0.2, "noise40": 0.4}[name.removesuffix("-cv")]
+        rng = np.random.default_rng(1234)
+        targets = self.full.train_targets
+        chosen = np.sort(np.concatenate([rng.choice(np.flatnonzero(targets == c), self.args.n,
+                                                    replace=False) for c in range(10)]))
+        noisy = targets.copy()
+        bundle = self.full
+        if rate:
+            rng_n = np.random.default_rng(2024)
+            flip = rng_n.choice(chosen, int(round(rate * chosen.size)), replace=False)
+            noisy[flip] = (targets[flip] + rng_n.integers(1, 10, flip.size)) % 10
+        sub_t, sub_v = split_train_val(noisy[chosen], 0.1, 0)
+        train_idx, val_idx = chosen[sub_t], chosen[sub_v]
+        if name.endswith("-cv"):
+            noisy[val_idx] = targets[val_idx]  # a curated V: its true labels
+        if rate:
+            ds = self.full.train_eval
+            mean, std = ds.mean.flatten().tolist(), ds.std.flatten().tolist()
+            train_eval = InMemoryImageDataset(ds.images, noisy, mean, std, max_value=ds.max_value)
+            train = train_eval.with_augmentation(flip=self.full.train.flip,
+                                                 crop_padding=self.full.train.crop_padding)
+            bundle = replace(self.full, train=train, train_eval=train_eval, train_targets=noisy,
+                             fingerprint=f"{self.full.fingerprint}-{name}")
+        flipped = noisy[train_idx] != targets[train_idx]
+        self._bundles[name] = (bundle, train_idx, val_idx, flipped)
+        return self._bundles[name]
+
+
+def best_baseline(p: dict) -> str:
+    """The baseline whose kept end is furthest from the flipped samples (AUROC of its bad
+    end for them); AUM without noise."""
+    if not p["flipped"].any():
+        return "aum"
+
+    def auroc(name: str) -> float:
+        s = p[name] if METHODS[name].order == "bottom" else -p[name]  # high = bad end
+        return fid.auroc(s, p["flipped"])
+
+    return max(BASELINES, key=auroc)
+
+
+def rule_coreset(p: dict, score: str, rule: str, f: float, seed: int = 0):
+    keep = METHODS["cld" if score == "eval_cld" else score].order
+    values = p[score]
+    params = auto_params(rule, values, p["labels"], fraction=f, keep=keep)
+    idx = select_by_rule(values, p["labels"], rule=rule, fraction=f, keep=keep, seed=seed,
+                         dataset_indices=p["train_idx"], params=params)
+    return idx, params
+
+
+def run_budget(st: RulesStudy, setting: str, f: float, R: dict) -> None:
+    p = st.proxy(setting, st.args.proxy_epochs, 0)
+    base = best_baseline(p)
+    cell = R.setdefault(setting, {"baseline": base, "fractions": {}}).setdefault("fractions", {})
+    out = cell.setdefault(f, {})
+    # Random and oracle coresets ignore V: one set of cells serves both V variants.
+    data = setting.removesuffix("-cv")
+    out["random"] = st.random_accs(data, p, f)
+    if p["flipped"].any():
+        clean = np.where(p["flipped"], np.nan, 0.0)  # NaN: never picked
+        out["oracle"] = [st.retrain(data, f"oracle-f{f:g}-d{s}",
+                                    st.coreset(p, clean, f, "random", seed=s), s,
+                                    st.args.retrain_epochs)["accuracy"]
+                         for s in st.retrain_seeds]
+    for score, label in (("eval_cld", "CLD"), (base, base)):
+        for rule in RULES:
+            try:
+                idx, params = rule_coreset(p, score, rule, f)
+            except ValueError as exc:  # e.g. a quota above the class's scored samples
+                print(f"[rules] {setting} {label} {rule} f={f:g}: skipped ({exc})", flush=True)
+                continue
+            tag = f"{label}-{rule}-f{f:g}"
+            flip = float(np.isin(idx, p["train_idx"][p["flipped"]]).mean()) if p["flipped"].any() else 0.0
+            out[f"{label} {rule}"] = {"accs": st.accs(setting, tag, idx), "params": params,
+                                      "flipped": flip}
+
+
+def ms(xs: list[float]) -> str:
+    return fid.ms(xs)
+
+
+def paired(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    d = [a - b for a, b in zip(xs, ys)]
+    return statistics.mean(d), (statistics.stdev(d) if len(d) > 1 else float("nan"))
+
+
+def report(R: dict, st: RulesStudy, minutes: float) -> str:
+    out = [f"{st.args.n} training images per class (10 % of them V), proxy {st.args.proxy_epochs} "
+           f"epochs (eval-mode CLD, seed 0), retraining {st.args.retrain_epochs} epochs x "
+           f"{st.args.seeds} seeds, test on {len(st.full.test_targets)} images; accuracy % mean ± "
+           "std over seeds; gain = paired difference against random (same seeds), mean ± std. "
+           f"Automatic parameters from the training scores and the budget only. This run: "
+           f"{minutes:.0f} min of cells (cached cells are reused).", ""]
+    wins = []
+    for setting, cell in R.items():
+        for f, res in sorted(cell["fractions"].items()):
+            rand = res["random"]
+            rows = [["random", ms(rand), "", "", ""]]
+            if "oracle" in res:
+                g = paired(res["oracle"], rand)
+                rows.append(["oracle (random among clean)", ms(res["oracle"]),
+                             f"{g[0]:+.2f} ± {g[1]:.2f}", "0 %", ""])
+            for name, r in res.items():
+                if name in ("random", "oracle"):
+                    continue
+                g = paired(r["accs"], rand)
+                params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in r["params"].items())
+                rows.append([name, ms(r["accs"]), f"{g[0]:+.2f} ± {g[1]:.2f}",
+                             f"{100 * r['flipped']:.1f} %", params])
+                spread = max(statistics.stdev(rand) if len(rand) > 1 else 0.0,
+                             statistics.stdev(r["accs"]) if len(r["accs"]) > 1 else 0.0)
+                if len(rand) > 1 and g[0] > 2 * spread:
+                    wins.append(f"{setting} at {100 * f:g} %: {name} ({g[0]:+.2f} points, "
+                                f"seed spread {spread:.2f})")
+            out += [f"**{setting}, {100 * f:g} %** (best baseline: {cell['baseline']})", "",
+                    markdown_table(["coreset", "accuracy", "gain vs random", "flipped share",
+                                    "parameters"], rows), ""]
+    out.insert(2, "Rules beating random by more than twice the larger seed spread: "
+               + ("; ".join(wins) if wins else "none in the cells measured") + ".\n")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated, from: "
+                    + ", ".join(SETTINGS))
+    ap.add_argument("--fractions", default="0.1,0.3,0.05,0.5,0.01", help="budgets, run in this order")
+    ap.add_argument("--n", type=int, default=1000, help="training images per class (default: %(default)s)")
+    ap.add_argument("--proxy-epochs", type=int, default=20, help="default: %(default)s")
+    ap.add_argument("--retrain-epochs", type=int, default=20, help="default: %(default)s")
+    ap.add_argument("--seeds", type=int, default=3, help="retraining seeds (default: %(default)s)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    ap.add_argument("--work", help="cell cache (default: benchmarks/_work/rules; --smoke: a temporary folder)")
+    ap.add_argument("--test-subset", type=int, default=0, help="first N test images only (0: all)")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, for testing the script")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    ap.add_argument("--results", default=str(RESULTS))
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.n, args.proxy_epochs, args.retrain_epochs, args.seeds = 40, 4, 1, 2
+        args.fractions, args.settings = "0.5", "noise20-cv,clean"
+        args.test_subset = args.test_subset or 300
+        if args.work is None:
+            import tempfile
+
+            args.work = tempfile.mkdtemp(prefix="cldfast-rules-smoke-")
+    args.work = args.work or str(HERE / "_work" / "rules")
+    args.n_small = args.n
+    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    bad = [s for s in settings if s not in SETTINGS]
+    if bad:
+        ap.error(f"--settings: unknown {bad}; expected some of {', '.join(SETTINGS)}")
+    fractions = [float(x) for x in args.fractions.split(",")]
+    torch.set_num_threads(args.threads)
+    st = RulesStudy(args)
+    R: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    for f in fractions:
+        for setting in settings:
+            run_budget(st, setting, f, R)
+            body = report(R, st, (time.perf_counter() - t0) / 60)
+            if not args.no_write:
+                write_section("rules", "Selection rules: which coreset beats random?",
+                              "python benchmarks/bench_rules.py", body, Path(args.results))
+    print(report(R, st, (time.perf_counter() - t0) / 60))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
