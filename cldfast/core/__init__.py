@@ -1,6 +1,6 @@
 """The core: the streaming CLD tracker, its kernel dispatch (``kernels``: the compiled kernels
-where this build covers the device, their torch twins in ``kernels_torch`` elsewhere),
-offline replay of stored trajectories, the state pattern shared with the other recorders,
+where this build covers the device, their torch twins in ``kernels_torch`` elsewhere; ``ops``:
+the same kernels as torch custom operators, for torch.compile and CUDA graphs), offline replay of stored trajectories, the state pattern shared with the other recorders,
 sample-id mapping, threads and every torch.distributed collective.
 Depends on nothing else in cldfast but the compiled ``cldfast._core`` and ``cldfast.io``."""
 

@@ -34,6 +34,7 @@ import torch.distributed as dist
 from .. import _core
 from . import distributed as ddist
 from . import kernels as _ops
+from . import ops as _custom
 from .state import Stateful
 
 __all__ = ["CLDTracker", "CLDWarning", "STATE_FORMAT"]
@@ -132,7 +133,9 @@ class _FusedCrossEntropy(torch.autograd.Function):
     """Per-sample cross-entropy computed and recorded by one kernel; the backward is one more
     kernel, (softmax - onehot) * grad, from the rows' log-sum-exp saved by the forward. Rows
     with an out-of-range target (flagged for end_epoch) get a zero gradient: nothing indexes
-    with them, so a bad target can neither fault the device nor bend another row's gradient."""
+    with them, so a bad target can neither fault the device nor bend another row's gradient.
+    The eager form; compiled code runs the same kernels as custom operators
+    (:func:`cldfast.core.ops.fused_cross_entropy`)."""
 
     @staticmethod
     def forward(ctx, logits, targets, index, tracker):  # noqa: D401 - autograd signature
@@ -145,8 +148,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         logits, targets, lse = ctx.saved_tensors
-        grad = _ops.ce_backward(logits, targets, lse, grad_out)
-        return grad.to(logits.dtype), None, None, None
+        return _custom.ce_grad(logits, targets, lse, grad_out), None, None, None
 
 
 class CLDTracker(Stateful):
@@ -227,7 +229,7 @@ class CLDTracker(Stateful):
         self.num_classes = int(num_classes)
         self.per_class = bool(per_class)
         self.precision = precision
-        self.checkpoint = 0  # checkpoints closed so far
+        self.checkpoint = 0
         self.nonfinite_train = 0
         self.nonfinite_val = 0
         self.observed_per_checkpoint: list[int] = []  # samples of this shard seen per checkpoint
@@ -285,6 +287,11 @@ class CLDTracker(Stateful):
         self._staging: dict[torch.dtype, torch.Tensor] = {}  # device copies of CPU indices
         self._recorded = False
         self._val_recorded = False
+        # record() inside a CUDA graph: a replay runs the kernels but not the Python that sets
+        # _recorded, so record() also writes this device marker while a graph is captured.
+        self._capture_marker = (torch.zeros((), dtype=torch.float64, device=dev)
+                                if dev.type == "cuda" else None)
+        self._captured = False  # record() was captured in a CUDA graph at least once
 
     @property
     def shard(self) -> tuple[int, int]:
@@ -293,6 +300,8 @@ class CLDTracker(Stateful):
 
     # ------------------------------------------------------------------ recording
     def _index_tensor(self, indices: Any, name: str = "indices") -> torch.Tensor:
+        if not isinstance(indices, torch.Tensor) and torch.compiler.is_compiling():
+            indices = torch.as_tensor(indices)  # no numpy in a traced graph; dtype checked below
         if not isinstance(indices, torch.Tensor):
             arr = np.asarray(indices)
             if arr.size == 0:
@@ -324,6 +333,8 @@ class CLDTracker(Stateful):
         are ordered on the same stream. From pinned memory (DataLoader(pin_memory=True)) the
         copy is asynchronous.
         """
+        if torch.compiler.is_compiling():  # the compiled graph allocates its own copy
+            return indices.to(self.device, non_blocking=True)
         buf = self._staging.get(indices.dtype)
         n = indices.shape[0]
         if buf is None or buf.shape[0] < n:
@@ -333,8 +344,33 @@ class CLDTracker(Stateful):
         out.copy_(indices, non_blocking=True)  # pageable memory is staged by CUDA first
         return out
 
+    def _mark_if_captured(self) -> None:
+        """Inside CUDA graph capture, note this epoch's record() on the device (see
+        _capture_marker), where graph replays repeat it."""
+        if self._capture_marker is not None and torch.cuda.is_current_stream_capturing():
+            self._capture_marker.fill_(1.0)
+            self._captured = True
+
+    def _was_recorded(self) -> bool:
+        """record() ran this epoch, eagerly, compiled or in a replayed CUDA graph (a host
+        sync only for a tracker whose record() was captured in a graph)."""
+        return self._recorded or (self._captured and bool(self._capture_marker))
+
+    @property
+    def checkpoint(self) -> int:
+        """The number of checkpoints closed so far."""
+        return self._checkpoint
+
+    @checkpoint.setter
+    def checkpoint(self, value: int) -> None:
+        self._checkpoint = int(value)
+        # A flag that changes once per run: compiled code that calls record() guards on it
+        # rather than on the checkpoint number (which would recompile every epoch).
+        self._all_closed = (self.num_checkpoints is not None
+                            and self._checkpoint >= self.num_checkpoints)
+
     def _check_open(self, what: str) -> None:
-        if self.num_checkpoints is not None and self.checkpoint >= self.num_checkpoints:
+        if self._all_closed:
             raise RuntimeError(f"{what} after the final checkpoint: this tracker was built for "
                                f"num_checkpoints={self.num_checkpoints} and all are closed; read "
                                "scores() or build a tracker with more checkpoints")
@@ -360,8 +396,14 @@ class CLDTracker(Stateful):
         Returns ``None`` for the ``losses`` form, the cross-entropy [B] for the fused form.
         Out-of-range indices or targets are flagged by the kernel and reported by
         :meth:`end_epoch`; non-finite losses are skipped and counted.
+
+        Both forms can be captured by ``torch.compile`` (also ``fullgraph=True``): while dynamo
+        traces, the kernels run as the custom operators of :mod:`cldfast.core.ops`, and
+        indices are then tensors (CPU or the tracker's device). Both can also be captured in
+        a CUDA graph (static index, loss or logits buffers on the tracker's device).
         """
         self._check_open("record()")
+        compiling = torch.compiler.is_compiling()
         if (losses is None) == (logits is None):
             raise ValueError("record() takes either losses or logits= and targets=, not both/neither")
         index = self._index_tensor(indices)
@@ -372,7 +414,11 @@ class CLDTracker(Stateful):
             if losses.dtype not in _ops.FLOAT_CODES:
                 raise TypeError(f"losses must be float32, float16, bfloat16 or float64; got {losses.dtype}")
             self._check_device("losses", losses)
-            _ops.record(index, losses.detach(), self._epoch, self.num_samples, self._flags)
+            if compiling:
+                _custom.record(index, losses.detach(), self._epoch, self.num_samples, self._flags)
+            else:
+                _ops.record(index, losses.detach(), self._epoch, self.num_samples, self._flags)
+                self._mark_if_captured()
             self._recorded = True
             return None
         if targets is None:
@@ -389,9 +435,13 @@ class CLDTracker(Stateful):
         if targets.dtype not in _ops.INDEX_CODES:
             raise TypeError(f"targets must be int64 or int32 class ids; got {targets.dtype}")
         self._check_device("targets", targets)
+        self._recorded = True
+        if compiling:
+            return _custom.fused_cross_entropy(index, logits, targets, self._epoch,
+                                               self.num_samples, self._flags)
+        self._mark_if_captured()
         if logits.shape[1] > 0 and logits.stride(1) != 1:
             logits = logits.contiguous()
-        self._recorded = True
         if not (logits.requires_grad and torch.is_grad_enabled()):
             # No graph to build (an eval pass): skip the autograd machinery.
             return _ops.record_ce(index, logits, targets, self._epoch, self.num_samples,
@@ -412,6 +462,10 @@ class CLDTracker(Stateful):
         ranks are combined, so ranks may split V between them; a sample recorded several times
         (on one rank or several, e.g. DistributedSampler padding) counts once, with the mean of
         its losses.
+
+        It can be captured by ``torch.compile`` (also ``fullgraph=True``, e.g. inside a
+        compiled evaluation step); there the range of ``indices`` is checked by an assertion
+        in the graph instead of before anything is added.
         """
         self._check_open("record_validation()")
         _check_1d("val losses", losses)
@@ -430,7 +484,10 @@ class CLDTracker(Stateful):
                                 f"with shape {tuple(idx.shape)}")
             if idx.shape[0] != losses.shape[0]:
                 raise ValueError(f"val losses has {losses.shape[0]} entries but indices has {idx.shape[0]}")
-            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_val):
+            if torch.compiler.is_compiling():  # no host sync in a graph: checked where it runs
+                torch._assert_async(((idx >= 0) & (idx < self.num_val)).all(),
+                                    f"val index out of range [0, {self.num_val})")
+            elif idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_val):
                 bad = idx[(idx < 0) | (idx >= self.num_val)][0]
                 raise IndexError(f"val index {int(bad)} is out of range [0, {self.num_val})")
             pos = idx.to(self.device).long()
@@ -451,10 +508,12 @@ class CLDTracker(Stateful):
         all-reduce). Returns (flag counts, val_sum, val_count, val_nonfinite); nothing is
         changed."""
         slots = [_ops.BAD_INDEX_COUNT, _ops.NON_FINITE, _ops.BAD_TARGET_COUNT]
+        opened = torch.tensor([float(self._recorded), float(self._val_recorded)],
+                              dtype=torch.float64, device=self.device)
+        if self._captured:  # replayed CUDA graphs set the device marker, not _recorded
+            opened[0] += self._capture_marker
         val_samples, val_nonfinite, flags, opened = self.summed_states(
-            [self._flags[slots], torch.tensor([float(self._recorded), float(self._val_recorded)],
-                                              dtype=torch.float64, device=self.device)],
-            group=self._group, distributed=self.distributed)
+            [self._flags[slots], opened], group=self._group, distributed=self.distributed)
         host = torch.cat([flags, val_nonfinite.reshape(1), opened]).tolist()  # the one host sync
         counts = [int(v) for v in host[:3]]
         recorded, val_recorded = host[4] > 0, host[5] > 0
@@ -556,6 +615,8 @@ class CLDTracker(Stateful):
         self.reset_states(None if epoch_buffer else ["_flags", "_val_samples", "_val_nonfinite"])
         self._recorded = False
         self._val_recorded = False
+        if self._capture_marker is not None:
+            self._capture_marker.zero_()
 
     def discard_epoch(self) -> None:
         """Drop everything recorded since the last checkpoint (training and validation)."""
@@ -723,7 +784,7 @@ class CLDTracker(Stateful):
             "nonfinite_train": self.nonfinite_train,
             "nonfinite_val": self.nonfinite_val,
             "observed_per_checkpoint": list(self.observed_per_checkpoint),
-            "recorded": self._recorded,
+            "recorded": self._was_recorded(),
             "val_recorded": self._val_recorded,
             "train_labels_sha256": self._digest,
             "val_labels": self._val_labels.cpu().clone(),
@@ -898,6 +959,8 @@ class CLDTracker(Stateful):
         self.observed_per_checkpoint = [int(x) for x in state.get("observed_per_checkpoint", [])]
         self._recorded = bool(state.get("recorded", False))
         self._val_recorded = bool(state.get("val_recorded", False))
+        if self._capture_marker is not None:
+            self._capture_marker.zero_()
 
     def __repr__(self) -> str:
         dist_part = f", rank={self.rank}/{self.world_size}" if self.distributed else ""
