@@ -27,8 +27,15 @@ CPU: the embedded data's small CNN (1x28x28) and ResNet-18 with the CIFAR stem (
 batch 128. GPU (when one is available): ResNet-18 CIFAR batch 128 and ResNet-50 224x224
 batch 256, bfloat16 autocast and channels_last, timed with CUDA events.
 
+--compile adds the ResNet-18 CIFAR step with its forward, loss and record() compiled
+(torch.compile(fullgraph=True); backward and optimiser step as usual), on the GPU (on the
+CPU when there is none); --cuda-graph adds the same step captured whole in a CUDA graph
+(static index buffer; GPU only). Their rows give record()'s share of a compiled or
+graph-replayed step; the isolated measurement is of eager calls only.
+
     python benchmarks/bench_overhead.py              # writes the 'overhead' section
     python benchmarks/bench_overhead.py --smoke --no-write
+    python benchmarks/bench_overhead.py --gpu-only --compile --cuda-graph
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ import copy
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +76,8 @@ class Config:
     amp: bool
     steps: int
     warmup: int
+    mode: str = "eager"  # "eager", "compile" or "cuda-graph"
+    backend: str = "inductor"  # torch.compile backend of mode "compile"
 
 
 def _sync(device: str) -> None:
@@ -129,22 +138,59 @@ def bench_steps(cfg: Config) -> dict:
         # CPU indices, as a DataLoader yields them; on a GPU the tracker stages them itself.
         return perm[i * cfg.batch:(i + 1) * cfg.batch]
 
-    def step(v: str) -> None:
-        model, opt = models[v], opts[v]
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.amp):
+    def forward(v: str, model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        """The step's forward and mean loss (the compiled part in mode "compile")."""
+        # CUDA graphs need autocast's weight cache off (torch.cuda.graph's documentation).
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.amp,
+                            cache_enabled=cfg.mode != "cuda-graph"):
             out = model(x)
         if v in ("plain", CONTROL):
-            loss = F.cross_entropy(out.float(), y)
-        elif v == "record(losses)":
+            return F.cross_entropy(out.float(), y)
+        if v == "record(losses)":
             losses = F.cross_entropy(out.float(), y, reduction="none")
-            tracker.record(next_index(), losses)
-            loss = losses.mean()
-        else:
-            losses = tracker.record(next_index(), logits=out, targets=y)
-            loss = losses.mean()
-        opt.zero_grad(set_to_none=True)
+            tracker.record(idx, losses)
+            return losses.mean()
+        return tracker.record(idx, logits=out, targets=y).mean()
+
+    forwards = {v: forward for v in VARIANTS}
+    if cfg.mode == "compile":
+        forwards = {v: torch.compile(forward, backend=cfg.backend, fullgraph=True)
+                    for v in VARIANTS}
+    # Mode "cuda-graph": indices go through one static device buffer the graphs read.
+    static_idx = torch.zeros(cfg.batch, dtype=torch.int64, device=dev)
+
+    def train_step(v: str, idx: torch.Tensor) -> None:
+        opt = opts[v]
+        loss = forwards[v](v, models[v], idx)
+        if cfg.mode != "cuda-graph":
+            opt.zero_grad(set_to_none=True)  # a graph's replay writes the same grad buffers
         loss.backward()
         opt.step()
+
+    graphs: dict[str, torch.cuda.CUDAGraph] = {}
+    if cfg.mode == "cuda-graph":  # warm-up on a side stream, then capture the whole step
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                for v in VARIANTS:
+                    opts[v].zero_grad(set_to_none=True)
+                    train_step(v, static_idx)
+        torch.cuda.current_stream().wait_stream(side)
+        for v in VARIANTS:
+            opts[v].zero_grad(set_to_none=True)
+            graphs[v] = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graphs[v]):
+                train_step(v, static_idx)
+
+    def step(v: str) -> None:
+        recording = v in RECORDING
+        if cfg.mode == "cuda-graph":
+            if recording:
+                static_idx.copy_(next_index(), non_blocking=True)
+            graphs[v].replay()
+        else:
+            train_step(v, next_index() if recording else static_idx)
 
     timer = Timer(cfg.device)
     for _ in range(cfg.warmup):
@@ -237,9 +283,18 @@ def configs(args) -> list[Config]:
         gpu = [Config(c.name, c.arch, c.shape, c.classes, min(c.batch, 32), 50_000, c.device,
                       c.amp, 3, 1) for c in gpu]
     has_gpu = torch.cuda.is_available() and _ops.cuda_compiled()
-    if args.gpu_only:
-        return gpu
-    return cpu + (gpu if has_gpu and not args.cpu_only else [])
+    chosen = gpu if args.gpu_only else cpu + (gpu if has_gpu and not args.cpu_only else [])
+    # The ResNet-18 CIFAR step again, compiled and/or CUDA-graphed (on the GPU where there is
+    # one in this run; compiled on the CPU otherwise).
+    resnet = [c for c in chosen if c.arch == "resnet18"]
+    base = next((c for c in resnet if c.device == "cuda"), resnet[0] if resnet else None)
+    extra = []
+    if args.compile and base is not None:
+        extra.append(replace(base, name=base.name + ", compiled", mode="compile",
+                             backend=args.compile_backend))
+    if args.cuda_graph and base is not None and base.device == "cuda":
+        extra.append(replace(base, name=base.name + ", CUDA graph", mode="cuda-graph"))
+    return chosen + extra
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,12 +312,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu-only", action="store_true", help="skip the GPU configurations")
     ap.add_argument("--gpu-only", action="store_true",
                     help="GPU configurations only, written to the 'overhead-gpu' section")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time the ResNet-18 CIFAR step with forward, loss and record() "
+                         "compiled (torch.compile, fullgraph=True)")
+    ap.add_argument("--compile-backend", default="inductor",
+                    help="torch.compile backend for --compile (default: %(default)s; aot_eager "
+                         "checks the code path quickly on the CPU)")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="also time the ResNet-18 CIFAR GPU step captured whole in a CUDA graph")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, a few steps")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     ap.add_argument("--results", default=str(RESULTS), help="file to write the section into")
     args = ap.parse_args(argv)
     if args.gpu_only and not (torch.cuda.is_available() and _ops.cuda_compiled()):
         ap.error("--gpu-only needs a CUDA GPU and a cldfast build with CUDA kernels")
+    if args.cuda_graph and (args.cpu_only or not (torch.cuda.is_available()
+                                                  and _ops.cuda_compiled())):
+        ap.error("--cuda-graph needs a CUDA GPU and a cldfast build with CUDA kernels")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
@@ -272,10 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"overhead: {cfg.name} on {cfg.device}, batch {cfg.batch}, {cfg.steps} steps/variant",
               flush=True)
         times = bench_steps(cfg)
-        iso = bench_isolated(cfg, reps=20 if args.smoke else 200)
         ran_gpu |= cfg.device == "cuda"
         med = {v: statistics.median(times[v]) for v in VARIANTS}
-        amort = iso["end_epoch"] / (cfg.n_train / cfg.batch)
         where = "GPU" if cfg.device == "cuda" else "CPU"
         target = 1.0 if cfg.device == "cuda" else 2.0
         for v in VARIANTS:
@@ -293,6 +357,18 @@ def main(argv: list[str] | None = None) -> int:
                      f"medians differ by {100 * (med[CONTROL] / med['plain'] - 1):+.2f} %, 95 % "
                      f"interval of the median per-round ratio [{lo_c:.3f}, {hi_c:.3f}]: the "
                      "resolution of the end-to-end figures on this machine.")
+        if cfg.mode != "eager":  # record()'s share of a compiled or graph-replayed step
+            how = (f"compiled ({cfg.backend}, fullgraph=True)" if cfg.mode == "compile"
+                   else "replayed from a CUDA graph")
+            for v in RECORDING:
+                lo, hi = paired_ci(times[v], times["plain"])
+                notes.append(f"- {cfg.name} ({where}), {v}, step {how}: the medians differ by "
+                             f"{100 * (med[v] / med['plain'] - 1):+.2f} % from the plain step's; "
+                             f"95 % bootstrap interval of the median per-round ratio "
+                             f"[{lo:.3f}, {hi:.3f}].")
+            continue
+        iso = bench_isolated(cfg, reps=20 if args.smoke else 200)
+        amort = iso["end_epoch"] / (cfg.n_train / cfg.batch)
         fused = iso["record(logits=)"] / iso["record(losses)"]
         q1, q2, q3 = np.percentile(iso["fused/unfused rounds"], [25, 50, 75])
         notes.append(f"- {cfg.name} ({where}): the fused record(logits=, targets=) (cross-entropy "
@@ -340,9 +416,11 @@ def main(argv: list[str] | None = None) -> int:
     print(body)
     if not args.no_write:
         name, title = ("overhead-gpu", " (GPU)") if args.gpu_only else ("overhead", "")
+        flags = "".join(f" {flag}" for flag, on in (("--gpu-only", args.gpu_only),
+                                                    ("--compile", args.compile),
+                                                    ("--cuda-graph", args.cuda_graph)) if on)
         write_section(name, "Training-loop overhead of record()" + title,
-                      "benchmarks/bench_overhead.py" + (" --gpu-only" if args.gpu_only else ""),
-                      body, Path(args.results))
+                      "benchmarks/bench_overhead.py" + flags, body, Path(args.results))
     return 0
 
 
