@@ -17,6 +17,7 @@ PROVIDERS = {
     "lightning": ("lightning", "lightning"),
     "transformers": ("transformers", "hf"),
     "timm": ("timm", "timm"),
+    "webdataset": ("webdataset", "stream"),
 }
 PIPELINE = ("torchvision", "tqdm", "matplotlib", "sklearn")
 

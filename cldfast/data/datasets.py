@@ -15,6 +15,8 @@ Supported datasets (see :data:`DATASETS`):
 * ``auto``: Fashion-MNIST when its files are there, else digits (with a one-line notice).
 * ``cifar10`` / ``cifar100``: torchvision's CIFAR readers.
 * ``imagefolder``: an ImageNet-style tree with ``train/`` and ``val/`` class folders.
+* ``webdataset``: WebDataset tar shards (a brace pattern), read as a stream with string keys
+  mapped to original indices by an index (:mod:`cldfast.data.stream`).
 
 Index spaces: :func:`split_train_val` returns ORIGINAL dataset indices; :class:`IndexedSubset`
 serves the samples at those indices and reports each one's POSITION in the subset, which is
@@ -45,6 +47,7 @@ __all__ = [
     "DEFAULT_FASHION_MNIST_PATH",
     "DatasetBundle",
     "InMemoryImageDataset",
+    "holds_tensors",
     "IndexedDataset",
     "IndexedSubset",
     "bundle_from_datasets",
@@ -62,7 +65,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 #: Canonical dataset names accepted by :func:`load_dataset` (case-insensitive; ``_`` and
 #: ``-`` are interchangeable, and ``fmnist`` means ``fashion-mnist``).
-DATASETS: tuple[str, ...] = ("auto", "fashion-mnist", "digits", "cifar10", "cifar100", "imagefolder")
+DATASETS: tuple[str, ...] = ("auto", "fashion-mnist", "digits", "cifar10", "cifar100", "imagefolder",
+                             "webdataset")
 
 #: Where Debian's ``dataset-fashion-mnist`` package puts the IDX files.
 DEFAULT_FASHION_MNIST_PATH = "/usr/share/datasets/fashion-mnist"
@@ -73,6 +77,7 @@ _ALIASES = {
     "cifar-10": "cifar10",
     "cifar-100": "cifar100",
     "image-folder": "imagefolder",
+    "wds": "webdataset",
 }
 
 _FASHION_MNIST_FILES = {
@@ -141,6 +146,14 @@ class DatasetBundle:
     class_names: list[str] = field(default_factory=list)
     fingerprint: str = ""
     val_indices: Optional[np.ndarray] = None  # a validation split given with the data (never trained on)
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the splits are streams (WebDataset shards: :mod:`cldfast.data.stream`),
+        read in order through their ``training_view`` / ``eval_view`` instead of by index."""
+        from .stream import is_streamed
+
+        return is_streamed(self.train)
 
     def __repr__(self) -> str:
         return (f"DatasetBundle(name={self.name!r}, train={len(self.train_targets)}, "
@@ -350,11 +363,11 @@ def dataset_fingerprint(name: str, train_targets: Any, num_test: int,
 #: Default epochs per dataset, owned by the library (``cldfast run`` and
 #: :func:`cldfast.pipeline.run` both take them from here): ``(retraining, proxy)``. The
 #: embedded data gets a quick recipe that fits a 2-core CPU in minutes (docs/method.md says
-#: what it can and cannot show); CIFAR the authors' 164 epochs; ImageFolder (ImageNet) 90;
-#: user data (:func:`bundle_from_datasets`) the authors' CIFAR recipe.
+#: what it can and cannot show); CIFAR the authors' 164 epochs; ImageFolder and WebDataset
+#: shards (ImageNet) 90; user data (:func:`bundle_from_datasets`) the authors' CIFAR recipe.
 DEFAULT_EPOCHS: dict[str, tuple[int, int]] = {
     "fashion-mnist": (8, 10), "digits": (8, 10), "cifar10": (164, 164), "cifar100": (164, 164),
-    "imagefolder": (90, 90), "custom": (164, 164),
+    "imagefolder": (90, 90), "webdataset": (90, 90), "custom": (164, 164),
 }
 #: The datasets shipped with (or bundled for) the package.
 EMBEDDED: tuple[str, ...] = ("fashion-mnist", "digits")
@@ -590,7 +603,9 @@ def _load_image_folder(data_path: Optional[PathLike], augment: bool,
 
 
 def load_dataset(name: str = "auto", data_path: Optional[PathLike] = None, *, download: bool = False,
-                 augment: bool = True, image_size: Optional[int] = None) -> DatasetBundle:
+                 augment: bool = True, image_size: Optional[int] = None,
+                 index: Optional[PathLike] = None, test_data_path: Any = None,
+                 shuffle_buffer: Optional[int] = None) -> DatasetBundle:
     """Loads a dataset as a :class:`DatasetBundle`.
 
     Args:
@@ -599,19 +614,40 @@ def load_dataset(name: str = "auto", data_path: Optional[PathLike] = None, *, do
         data_path: where the data lives. Fashion-MNIST: the folder of IDX files (default
             ``/usr/share/datasets/fashion-mnist``). CIFAR: the folder holding
             ``cifar-10-batches-py`` / ``cifar-100-python`` (default ``./data``). ImageFolder:
-            the folder holding ``train/`` and ``val/`` (required). Ignored for ``digits``.
+            the folder holding ``train/`` and ``val/`` (required). WebDataset: the training
+            shards, a brace pattern such as ``'shards/train-{000000..000146}.tar'``
+            (required). Ignored for ``digits``.
         download: CIFAR only: fetch the data into ``data_path`` if it is not there.
         augment: apply training augmentation to ``bundle.train`` (Fashion-MNIST: flip and
             random crop 28 with padding 2; CIFAR: random crop 32 with padding 4 and flip;
-            ImageFolder: RandomResizedCrop and flip; digits: none). ``False`` makes ``train`` match
+            ImageFolder: RandomResizedCrop and flip; WebDataset: RandomResizedCrop and flip
+            with ``image_size``, else a flip; digits: none). ``False`` makes ``train`` match
             ``train_eval``.
-        image_size: ImageFolder only: side of the square crop (default 224).
+        image_size: ImageFolder: side of the square crop (default 224). WebDataset: resize
+            and crop to this size (default: images as stored, all of one size).
+        index, test_data_path, shuffle_buffer: WebDataset only: the index file of keys and
+            labels (read if it exists, else written by a listing pass), the test split's
+            shard pattern, and the shuffle buffer per loader worker (see
+            :func:`cldfast.data.stream.load_webdataset`).
 
     Raises:
         ValueError: unknown name, bad ``image_size``, corrupt files.
         FileNotFoundError: the data is not where it was looked for; the message says where.
     """
     key = _canonical_name(name)
+    if key != "webdataset":
+        for arg, flag, value in (("index", "--index", index),
+                                 ("test_data_path", "--test-data-path", test_data_path),
+                                 ("shuffle_buffer", "--shuffle-buffer", shuffle_buffer)):
+            if value is not None:
+                raise ValueError(f"{arg}={value!r} ({flag}) applies to dataset 'webdataset' only; "
+                                 f"got dataset {name!r}")
+    if key == "webdataset":
+        from .stream import load_webdataset
+
+        return load_webdataset(data_path, index=index, test_data_path=test_data_path,
+                               augment=augment, image_size=image_size,
+                               shuffle_buffer=shuffle_buffer)
     if key == "auto":
         root = Path(data_path) if data_path is not None else Path(DEFAULT_FASHION_MNIST_PATH)
         if root.is_dir() and all(p is not None for p in _fashion_mnist_files(root).values()):
@@ -709,3 +745,19 @@ def bundle_from_datasets(train: Dataset, test: Dataset, *, val: Optional[Dataset
                          input_shape=shape, class_names=names,
                          fingerprint=dataset_fingerprint(str(name), tr, len(te)),
                          val_indices=val_indices)
+
+
+def holds_tensors(dataset: Any) -> bool:
+    """Whether ``dataset`` serves items from tensors already in memory, without per-item
+    decoding: an :class:`InMemoryImageDataset` (the embedded data), a ``TensorDataset``, or
+    a subset / concatenation / index wrapper of such. Loaders over these run in the main
+    process by default (``Recipe.workers="auto"`` gives 0 workers)."""
+    from torch.utils.data import ConcatDataset, Subset, TensorDataset
+
+    if isinstance(dataset, (InMemoryImageDataset, TensorDataset)):
+        return True
+    if isinstance(dataset, (Subset, IndexedSubset, IndexedDataset)):
+        return holds_tensors(dataset.dataset)
+    if isinstance(dataset, ConcatDataset):
+        return all(holds_tensors(d) for d in dataset.datasets)
+    return False
