@@ -162,6 +162,7 @@ def collect_losses(bundle: DatasetBundle, train_indices: np.ndarray, val_indices
             256; default here: ``recipe.eval_batch_size``, what cldfast's eval mode uses).
     """
     recipe.check()
+    recipe = recipe.resolved(bundle.train)  # workers="auto": 0 on the in-memory data, as before
     device = recipe.resolved_device()
     out_dir = Path(out_dir)
     eval_bs = int(test_batch_size or recipe.eval_batch_size)

@@ -228,6 +228,9 @@ def bench(data: Any = None, out: str | Path = "cldfast-bench", *,
     # Defaults: the dataset's recipes (a given recipe also trains the proxy, as before).
     proxy_recipe = proxy_recipe or recipe or default_recipe(key, "proxy")
     recipe = recipe or default_recipe(key, "train")
+    # workers="auto" resolved for this data, as the training loop records it: the cache keys
+    # of cells on the embedded data stay those of workers=0.
+    proxy_recipe, recipe = proxy_recipe.resolved(bundle.train), recipe.resolved(bundle.train)
     arch = arch if arch is not None else proxy_arch
     stop = tracked_epochs(proxy_recipe.epochs, track_epochs, track_every)[-1] + 1
     el2n = default_el2n_epoch(stop) if el2n_epoch is None else int(el2n_epoch)

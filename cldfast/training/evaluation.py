@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from ..core import distributed as ddist
 from ..data.datasets import InMemoryImageDataset
 from ..data.indexed import IndexedSubset, make_loader
+from ..data.stream import is_streamed
 from .recipe import Recipe
 
 __all__ = ["eval_batches", "predict", "shared_predict", "mean_across", "to_device", "tqdm"]
@@ -174,9 +175,10 @@ def _logits_disagreement(out: torch.Tensor, ref: torch.Tensor) -> str | None:
 
 
 def eval_batches(model: torch.nn.Module, dataset, indices: np.ndarray, *, batch_size: int,
-                 device: torch.device, workers: int = 0, channels_last: bool = False,
+                 device: torch.device, workers: int | str = 0, channels_last: bool = False,
                  amp: bool = False, onednn: bool = False, desc: str | None = None,
-                 progress: bool = True) -> Iterator[tuple[Any, torch.Tensor, torch.Tensor]]:
+                 progress: bool = True, split_ranks: bool = False
+                 ) -> Iterator[tuple[Any, torch.Tensor, torch.Tensor]]:
     """The one eval loop: ``model`` in eval mode over ``dataset[indices]``, a batch at a time.
 
     Yields ``(where, outputs, targets)``: ``where`` selects the batch's rows in the order of
@@ -193,10 +195,20 @@ def eval_batches(model: torch.nn.Module, dataset, indices: np.ndarray, *, batch_
     autocast only with ``amp`` on CUDA. Hooks on ``model``'s modules see the batches only on
     the plain forward (pass ``onednn=False`` to rely on them). The model is left in eval
     mode, as a test pass leaves it; the training loop sets train mode at every epoch.
+
+    A streamed dataset (WebDataset shards, :func:`cldfast.data.stream.is_streamed`) is read
+    once through its ``eval_view``: batches come in the shards' order, ``where`` is an int64
+    tensor of positions in ``indices`` (every one served once), and ``split_ranks`` reads
+    only this rank's shards under torch.distributed (then each rank sees its share).
+    ``workers="auto"``: :func:`cldfast.training.recipe.auto_workers` for ``dataset``.
     """
+    from .recipe import auto_workers
+
     model.eval()
     indices = np.asarray(indices, dtype=np.int64)
-    source = _batched_source(dataset)
+    workers = auto_workers(dataset) if isinstance(workers, str) else int(workers)
+    streamed = is_streamed(dataset)
+    source = None if streamed else _batched_source(dataset)
     bs = int(batch_size)
     amp = amp and device.type == "cuda"
     show = progress and desc is not None
@@ -206,7 +218,14 @@ def eval_batches(model: torch.nn.Module, dataset, indices: np.ndarray, *, batch_
     # layout, so the caller's weights are left alone then (a copy refused mid-pass runs the
     # rest of that pass in the model's own layout).
     with _eval_memory_format(model, channels_last and fast is None):
-        if source is not None:
+        total = indices.shape[0]
+        if streamed:
+            rank, world = ddist.rank_world() if split_ranks else (0, 1)
+            view = dataset.eval_view(indices, rank=rank, world=world, workers=workers)
+            total = len(view)
+            loader = make_loader(view, bs, shuffle=False, num_workers=workers) if total else ()
+            batches = ((k, x, y) for x, y, k in loader)
+        elif source is not None:
             idx = torch.from_numpy(_checked_indices(indices, len(source)))
             starts = range(0, idx.shape[0], bs)
             batches = ((slice(s, s + bs), *source.batch(idx[s:s + bs])) for s in starts)
@@ -215,7 +234,7 @@ def eval_batches(model: torch.nn.Module, dataset, indices: np.ndarray, *, batch_
                                  num_workers=workers)
             batches = ((k, x, y) for x, y, k in loader)
         for where, x, y in tqdm(batches, desc=desc, leave=False, disable=not show,
-                                total=-(-indices.shape[0] // bs)):
+                                total=-(-total // bs)):
             with torch.inference_mode():
                 out = None
                 if fast is not None:
@@ -249,7 +268,8 @@ def predict(model: torch.nn.Module, dataset, indices: np.ndarray, recipe: Recipe
     correct = torch.empty(indices.shape[0], dtype=torch.bool)
     cl = recipe.channels_last and (device.type == "cuda" or ddist.rank_world()[1] == 1)
     for where, out, y in eval_batches(model, dataset, indices, batch_size=recipe.eval_batch_size,
-                                      device=device, workers=recipe.workers, channels_last=cl,
+                                      device=device, workers=recipe.resolved_workers(dataset),
+                                      channels_last=cl,
                                       amp=recipe.eval_amp, onednn=recipe.eval_onednn,
                                       desc=desc, progress=progress):
         losses[where] = F.cross_entropy(out, y, reduction="none").cpu()
@@ -266,11 +286,40 @@ def _checked_indices(indices: np.ndarray, length: int) -> np.ndarray:
 
 def shared_predict(model, dataset, indices: np.ndarray, recipe: Recipe, device: torch.device,
                     desc: str, progress: bool) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-    """:func:`predict` on this rank's share of ``indices``: (positions, losses, correct)."""
+    """:func:`predict` on this rank's share of ``indices``: (positions in ``indices``,
+    losses, correct). Map-style data: every world-th position (:func:`ddist.eval_shard`).
+    Streamed data: the samples of this rank's shards (every world-th shard holding one), in
+    the order they were read; over all ranks each position comes exactly once."""
+    if is_streamed(dataset):
+        # Each rank streams its own shards: the positions are those it happened to read.
+        return _predict(model, dataset, np.asarray(indices, dtype=np.int64), recipe, device,
+                        desc, progress, split_ranks=True)
     positions = ddist.eval_shard(len(indices))
     losses, correct = predict(model, dataset, indices[positions], recipe, device, desc=desc,
                               progress=progress)
     return positions, losses, correct
+
+
+def _predict(model, dataset, indices: np.ndarray, recipe: Recipe, device: torch.device,
+             desc: str | None, progress: bool, split_ranks: bool = False
+             ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """:func:`predict`'s pass, returning the positions (in ``indices``) of the samples this
+    process evaluated with their losses and correctness, in the order they came."""
+    cl = recipe.channels_last and (device.type == "cuda" or ddist.rank_world()[1] == 1)
+    positions, losses, correct = [], [], []
+    for where, out, y in eval_batches(model, dataset, indices, batch_size=recipe.eval_batch_size,
+                                      device=device, workers=recipe.resolved_workers(dataset),
+                                      channels_last=cl, amp=recipe.eval_amp,
+                                      onednn=recipe.eval_onednn, desc=desc, progress=progress,
+                                      split_ranks=split_ranks):
+        if isinstance(where, slice):
+            where = torch.arange(where.start, min(where.stop, indices.shape[0]))
+        positions.append(torch.as_tensor(where, dtype=torch.int64).cpu())
+        losses.append(F.cross_entropy(out, y, reduction="none").cpu())
+        correct.append((out.argmax(1) == y).cpu())
+    if not positions:
+        return np.zeros(0, np.int64), torch.zeros(0), torch.zeros(0, dtype=torch.bool)
+    return torch.cat(positions).numpy(), torch.cat(losses), torch.cat(correct)
 
 
 def mean_across(losses: torch.Tensor, correct: torch.Tensor) -> tuple[float, float]:

@@ -18,6 +18,12 @@ included) and records only its own batches; evaluation passes are split between 
 every rank writes its own checkpoint file per epoch, and rank 0 then commits the epoch in a
 small manifest, so a run killed at any moment resumes from an epoch all ranks completed.
 
+Streamed data (WebDataset shards, :mod:`cldfast.data.stream`) has no positions to sample:
+each epoch's loader reads ``bundle.train.training_view`` (shards shuffled per epoch and split
+between ranks and loader workers, a seeded shuffle buffer; index order with
+``recipe.shuffle=False``), whose items carry their positions as IndexedSubset's do, and
+the eval passes stream the shards once (:func:`cldfast.training.shared_predict`).
+
 The parts, in the order :func:`fit` runs them: :class:`_Run` builds the model, optimizer and
 schedule and restores a checkpoint (``resume``); ``train_epoch`` is the batch loop;
 :meth:`Tracking.close_checkpoint` closes a CLD checkpoint; ``test`` is the test pass.
@@ -163,7 +169,16 @@ class _Run:
                  pruner: Any, checkpoint: str | Path | None, progress: bool, desc: str,
                  run_config: dict[str, Any] | None) -> None:
         recipe.check()
+        # workers="auto" resolved for this data (0 for in-memory tensors): the checkpoint's
+        # config records the number, and the eval passes use the same.
+        recipe = recipe.resolved(bundle.train)
         self.bundle, self.recipe, self.desc = bundle, recipe, desc
+        self.streamed = bundle.streamed
+        if self.streamed and pruner is not None:
+            raise ValueError("dynamic pruning (prune= / --prune) needs a map-style dataset: a "
+                             "pruner trains each epoch on a plan of positions, which streamed "
+                             "WebDataset shards cannot serve; prune a map-style dataset, or train "
+                             "on a CLD coreset of the shards (indices= / --scores)")
         self.train_indices = np.asarray(train_indices, dtype=np.int64)
         self.tracking, self.recorders, self.pruner = tracking, list(recorders), pruner
         self.device = ddist.local_device(recipe.resolved_device())
@@ -194,7 +209,9 @@ class _Run:
         self.resume_partial: list[float] | None = None
         self.resume_rng: dict[str, Any] | None = None
         self.elastic_order: np.ndarray | None = None  # rest of a stopped epoch, another world
-        self.train_set = IndexedSubset(bundle.train, self.train_indices)
+        # Map-style data: the training split, indexed by position. Streamed data: None (each
+        # epoch's loader reads bundle.train.training_view, see _loader).
+        self.train_set = None if self.streamed else IndexedSubset(bundle.train, self.train_indices)
         # Watchers of every batch: the recorders, and a pruner that scores from the batches.
         self.watchers = self.recorders + ([pruner] if pruner is not None and pruner.needs_batches
                                           else [])
@@ -226,6 +243,11 @@ class _Run:
                              "use another output folder")
         batches_done = int(state.get("batches_done", 0))
         elastic = written_by != self.world
+        if elastic and batches_done and self.streamed:
+            raise ValueError(f"{ckpt} stopped a streamed run halfway through an epoch with "
+                             f"{written_by} processes; resume it with torchrun "
+                             f"--nproc_per_node={written_by} (that epoch's shards were split "
+                             "between that many ranks), or from an epoch's end")
         if elastic and batches_done and self.pruner is not None:
             raise ValueError(f"{ckpt} stopped pruned training halfway through an epoch with "
                              f"{written_by} processes; resume it with torchrun "
@@ -316,9 +338,18 @@ class _Run:
                 world: int | None = None, workers: int | None = None):
         """The training loader of ``epoch`` (over ``dataset``, default the training split,
         as rank ``rank`` of ``world`` processes, default this run's)."""
-        dataset = self.train_set if dataset is None else dataset
         rank = self.rank if rank is None else rank
         world = self.world if world is None else world
+        workers = self.recipe.workers if workers is None else workers
+        if self.streamed and dataset is None:
+            # The shards in this epoch's order (seeded), split between ranks and workers.
+            view = self.bundle.train.training_view(
+                self.train_indices, seed=_epoch_seed(self.recipe.seed, epoch), rank=rank,
+                world=world, shuffle=self.recipe.shuffle, batch_size=self.recipe.batch_size,
+                workers=workers)
+            return make_loader(view, self.recipe.batch_size, shuffle=False, num_workers=workers,
+                               seed=_epoch_seed(self.recipe.seed, epoch))
+        dataset = self.train_set if dataset is None else dataset
         sampler = None
         if epoch == self.start_epoch and self.elastic_order is not None and dataset is self.train_set:
             sampler = self.elastic_order.tolist()
@@ -326,11 +357,11 @@ class _Run:
             sampler = self.pruner.sampler(epoch, rank=rank, world_size=world)
         elif world > 1:
             sampler = torch.utils.data.DistributedSampler(
-                dataset, num_replicas=world, rank=rank, shuffle=True,
+                dataset, num_replicas=world, rank=rank, shuffle=self.recipe.shuffle,
                 seed=self.recipe.seed, drop_last=False)
             sampler.set_epoch(epoch)
-        return make_loader(dataset, self.recipe.batch_size, shuffle=sampler is None,
-                           num_workers=self.recipe.workers if workers is None else workers,
+        return make_loader(dataset, self.recipe.batch_size,
+                           shuffle=sampler is None and self.recipe.shuffle, num_workers=workers,
                            seed=_epoch_seed(self.recipe.seed, epoch), sampler=sampler)
 
     def _batch_losses(self, k, out, y, record: bool) -> torch.Tensor:
@@ -403,6 +434,9 @@ class _Run:
         return entry
 
     def test(self) -> float:
+        if len(self.bundle.test_targets) == 0:  # e.g. shards without --test-data-path
+            log.info("%s: no test split; test accuracy not measured", self.desc)
+            return float("nan")
         _, losses, correct = shared_predict(self.model, self.bundle.test,
                                             np.arange(len(self.bundle.test_targets)), self.recipe,
                                             self.device, "test", self.progress)

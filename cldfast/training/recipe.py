@@ -8,12 +8,41 @@ per dataset (epochs of a proxy and of a retraining) live with the datasets
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import torch
 
-__all__ = ["Recipe", "SCHEDULES", "OPTIMIZERS", "default_recipe", "make_optimizer", "make_scheduler",
-           "smoothed_losses"]
+__all__ = ["Recipe", "SCHEDULES", "OPTIMIZERS", "MAX_AUTO_WORKERS", "auto_workers", "default_recipe",
+           "make_optimizer", "make_scheduler", "smoothed_losses"]
+
+#: The most data-loader workers ``workers="auto"`` starts per process.
+MAX_AUTO_WORKERS = 8
+
+
+def auto_workers(dataset: Any) -> int:
+    """Data-loader workers for ``dataset`` when ``Recipe.workers`` is ``"auto"``.
+
+    0 (loading in the main process) for data held as tensors in memory
+    (:func:`cldfast.data.holds_tensors`: the embedded Fashion-MNIST and digits, a
+    ``TensorDataset``), where workers only add start-up and copying. Otherwise (items decoded
+    or transformed one by one in Python: torchvision's CIFAR, ImageFolder, WebDataset shards,
+    your own Dataset classes) ``min(8, cores - 1)``, where ``cores`` is this process's share
+    of the CPU cores it may run on (its affinity, divided by torchrun's LOCAL_WORLD_SIZE, the
+    processes per machine): one core stays with the training process itself; 0 on a single
+    core.
+    """
+    from ..core.threads import available_cores
+    from ..data.datasets import holds_tensors
+
+    if holds_tensors(dataset):
+        return 0
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(0, min(MAX_AUTO_WORKERS, available_cores() // local - 1))
 
 
 @dataclass
@@ -32,7 +61,8 @@ class Recipe:
     optimizer: str = "sgd"      # or "adamw" (see make_optimizer)
     warmup_epochs: int = 0      # linear warm-up of the learning rate before the schedule
     label_smoothing: float = 0.0  # of the training objective only; CLD's losses stay plain CE
-    workers: int = 0
+    workers: int | str = "auto"  # data-loader workers; "auto": auto_workers(dataset) (0 for
+                                 # in-memory tensors such as the embedded data)
     eval_batch_size: int = 512
     device: str = "auto"
     amp: bool = True            # bfloat16 autocast of the training pass, CUDA only
@@ -46,16 +76,33 @@ class Recipe:
                                 # inference copy (same losses to float rounding, ~2x faster)
     seed: int = 0
     sync_bn: bool = False       # SyncBatchNorm under torch.distributed
+    shuffle: bool = True        # a new training order every epoch (seeded); False: index order
+                                # every epoch (streamed shards: read in order, no shuffle buffer)
 
     def identity(self) -> dict:
         """The fields that identify a run (checkpoint and bench-cell configs): every field,
-        less the ones added later (optimizer, warm-up, label smoothing, eval_onednn) while they keep their
-        defaults, so that checkpoints and cached cells written before them still match."""
+        less the ones added later (optimizer, warm-up, label smoothing, eval_onednn, shuffle) while
+        they keep their defaults, so that checkpoints and cached cells written before them still
+        match. ``workers="auto"`` stays ``"auto"`` here; the training loop and the bench record
+        the identity of :meth:`resolved` (0 workers on the embedded data, as before)."""
         fields = asdict(self)
         for name, default in _LATER_FIELDS.items():
             if fields.get(name) == default:
                 fields.pop(name)
         return fields
+
+    def resolved_workers(self, dataset: Any) -> int:
+        """The data-loader workers for ``dataset``: ``workers`` itself, or for ``"auto"``
+        :func:`auto_workers`."""
+        if isinstance(self.workers, str):
+            return auto_workers(dataset)
+        return int(self.workers)
+
+    def resolved(self, dataset: Any) -> "Recipe":
+        """A copy with ``workers`` resolved for ``dataset`` (an integer): what a run's
+        checkpoint records, so that ``"auto"`` on the embedded data keeps the identity of a
+        run with ``workers=0``."""
+        return replace(self, workers=self.resolved_workers(dataset))
 
     def resolved_milestones(self) -> list[int]:
         if self.milestones is not None:
@@ -77,8 +124,11 @@ class Recipe:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0; got {self.lr}")
-        if self.workers < 0:
-            raise ValueError(f"workers must be >= 0; got {self.workers}")
+        if isinstance(self.workers, str):
+            if self.workers != "auto":
+                raise ValueError(f"workers must be an integer >= 0 or 'auto'; got {self.workers!r}")
+        elif isinstance(self.workers, bool) or int(self.workers) != self.workers or self.workers < 0:
+            raise ValueError(f"workers must be an integer >= 0 or 'auto'; got {self.workers!r}")
         if self.milestones is not None and any(not 1 <= int(m) <= self.epochs for m in self.milestones):
             raise ValueError(f"milestones {list(self.milestones)} must lie in [1, epochs={self.epochs}]")
         if self.schedule not in SCHEDULES:
@@ -94,7 +144,7 @@ class Recipe:
 # Fields added after checkpoints and bench caches existed, with the value that reproduces
 # the behaviour from before them.
 _LATER_FIELDS = {"optimizer": "sgd", "warmup_epochs": 0, "label_smoothing": 0.0,
-                 "eval_onednn": True}
+                 "eval_onednn": True, "shuffle": True}
 
 SCHEDULES = ("multistep", "cosine", "onecycle")
 OPTIMIZERS = ("sgd", "adamw")
