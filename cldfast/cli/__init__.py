@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             require_all(PIPELINE, f"cldfast {args.command}")
         elif args.command == "bench":
             require_all(PIPELINE + ("numba",), "cldfast bench", extra="bench")
+        if str(getattr(args, "dataset", "")).strip().lower() in ("webdataset", "wds"):
+            require_all(("webdataset",), "--dataset webdataset", extra="stream")
     except ImportError as exc:
         print(f"cldfast {args.command}: error: {exc}", file=sys.stderr)
         return 2

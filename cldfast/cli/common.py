@@ -54,6 +54,19 @@ unit_interval = _number(float, 0.0, 1.0, what="a number in [0, 1)")  # [0, 1)
 val_fraction = _number(float, 0.0, 1.0, low_open=True, what="a validation fraction in (0, 1)")
 
 
+def workers_arg(text: str) -> int | str:
+    """``--workers``: an integer >= 0 or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'auto', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'auto', got {text}")
+    return value
+
+
 def milestones(text: str) -> list[int]:
     try:
         return [int(t) for t in text.split(",") if t.strip()]
@@ -66,13 +79,37 @@ def add_data(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", default="auto", metavar="NAME",
                    help=f"one of {', '.join(DATASETS)} (default: auto = Fashion-MNIST from "
                         "/usr/share/datasets/fashion-mnist, else scikit-learn's digits)")
-    g.add_argument("--data-path", metavar="DIR",
-                   help="folder of the data: Fashion-MNIST IDX files, the CIFAR torchvision "
-                        "folder, or an ImageFolder root holding train/ and val/")
+    g.add_argument("--data-path", metavar="PATH",
+                   help="where the data is: the folder of the Fashion-MNIST IDX files, the CIFAR "
+                        "torchvision folder, or an ImageFolder root holding train/ and val/; for "
+                        "webdataset the training shards, a pattern brace-expanded as webdataset "
+                        "does, e.g. 'shards/train-{000000..000146}.tar' (quote it; '::' joins "
+                        "patterns; local files or webdataset URLs such as pipe:...)")
     g.add_argument("--download", action="store_true",
                    help="CIFAR only: download into --data-path if missing (never done otherwise)")
     g.add_argument("--image-size", type=positive_int, metavar="PX",
-                   help="ImageFolder crop size (default 224)")
+                   help="ImageFolder crop size (default 224); webdataset: resize and crop every "
+                        "image to PX (RandomResizedCrop for training; default: images as "
+                        "stored, which must all have one size; pass 224 for ImageNet shards)")
+    w = p.add_argument_group(
+        "WebDataset shards (--dataset webdataset; pip install 'cldfast[stream]'): each sample "
+        "has an image (.jpg, .png, ...) or .npy and its class in .cls; a sample's key maps to its "
+        "original index (scores, coreset and indices files) through an index of the shards, "
+        "in shard order")
+    w.add_argument("--index", metavar="FILE",
+                   help="index file (JSON) of every shard's keys and labels: read when it exists; "
+                        "otherwise one listing pass over the shards (it reads only the .cls "
+                        "fields) writes it, and shards missing from it are listed and added. "
+                        "Without it the listing pass runs on every start")
+    w.add_argument("--test-data-path", metavar="PATTERN",
+                   help="shards of the test split (e.g. ImageNet's val), a pattern like "
+                        "--data-path's; without it no test accuracy is measured (NaN). The "
+                        "validation split V is a seeded per-class share of the training shards "
+                        "(--val-fraction), as for any dataset")
+    w.add_argument("--shuffle-buffer", type=nonnegative_int, metavar="N",
+                   help="samples in each loader worker's shuffle buffer (default: 1000); the "
+                        "shard order is reshuffled every epoch as well; 0 shuffles only the "
+                        "shards. With --no-shuffle the shards are read in index order")
 
 
 def _epochs_help(role: str) -> str:
@@ -114,8 +151,16 @@ def add_recipe(p: argparse.ArgumentParser, proxy: bool = False, role: str = "tra
     g.add_argument("--label-smoothing", type=unit_interval, metavar="S",
                    help="label smoothing of the training objective (CLD still records plain "
                         f"cross-entropy; default: {_R.label_smoothing})")
-    g.add_argument("--workers", type=nonnegative_int,
-                   help=f"data-loader worker processes (default: {_R.workers})")
+    g.add_argument("--workers", type=workers_arg, metavar="N|auto",
+                   help="data-loader worker processes, for training and the eval passes "
+                        "(default: auto: 0 for data held in memory as tensors, such as the "
+                        "embedded Fashion-MNIST and digits; otherwise (CIFAR, ImageFolder, "
+                        "webdataset shards) min(8, cores - 1), cores being this process's share "
+                        "of the CPU cores it may use)")
+    g.add_argument("--no-shuffle", action="store_true",
+                   help="train in index order every epoch instead of a new seeded order (for "
+                        "comparing runs: webdataset shards are then read in index order, batch "
+                        "for batch the order of the same samples as a map-style dataset)")
     g.add_argument("--device", help="cpu, cuda, cuda:N or auto (default)")
     g.add_argument("--no-amp", action="store_true",
                    help="disable bfloat16 autocast of the training pass on CUDA")
@@ -199,14 +244,16 @@ def recipe_from_args(args: argparse.Namespace, role: str = "train") -> Recipe:
         workers=args.workers, device=args.device, amp=False if args.no_amp else None,
         eval_amp=True if args.eval_amp else None,
         eval_onednn=False if args.no_eval_onednn else None, seed=args.seed,
-        sync_bn=True if args.sync_bn else None)
+        sync_bn=True if args.sync_bn else None, shuffle=False if args.no_shuffle else None)
     return default_recipe(args.dataset, role, **given)
 
 
 def data_from_args(args: argparse.Namespace):
     from ..pipeline.workflows import DataSpec
 
-    return DataSpec(args.dataset, args.data_path, args.download, args.image_size)
+    return DataSpec(args.dataset, args.data_path, args.download, args.image_size,
+                    index=args.index, test_data_path=args.test_data_path,
+                    shuffle_buffer=args.shuffle_buffer)
 
 
 def setup_logging(out: Path | None, name: str) -> None:

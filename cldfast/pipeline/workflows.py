@@ -63,16 +63,26 @@ EMBEDDED_NOTE = (
 
 @dataclass
 class DataSpec:
-    """Which dataset to load (see :func:`cldfast.data.load_dataset`)."""
+    """Which dataset to load (see :func:`cldfast.data.load_dataset`).
+
+    For WebDataset shards (``dataset="webdataset"``): ``data_path`` is the training shards'
+    pattern (``'shards/train-{000000..000146}.tar'``), ``index`` the index file of their keys
+    and labels (read if it exists, else written by one listing pass), ``test_data_path`` the
+    test shards' pattern and ``shuffle_buffer`` the samples in each loader worker's shuffle
+    buffer (:func:`cldfast.data.load_webdataset`)."""
 
     dataset: str = "auto"
     data_path: str | None = None
     download: bool = False
     image_size: int | None = None
+    index: str | None = None
+    test_data_path: str | None = None
+    shuffle_buffer: int | None = None
 
     def load(self) -> DatasetBundle:
         return load_dataset(self.dataset, self.data_path, download=self.download,
-                            image_size=self.image_size)
+                            image_size=self.image_size, index=self.index,
+                            test_data_path=self.test_data_path, shuffle_buffer=self.shuffle_buffer)
 
 
 def load_data(data: "DataSpec | DatasetBundle | str | None") -> DatasetBundle:
@@ -364,6 +374,11 @@ def train(data: DataSpec | DatasetBundle | str | None, out: str | Path, *, arch:
         idx = np.asarray(indices, dtype=np.int64)
     out = Path(out)
     spec = PruneSpec(prune) if isinstance(prune, str) else prune
+    if spec is not None and bundle.streamed:
+        raise ValueError("dynamic pruning (prune= / --prune) needs a map-style dataset: a pruner "
+                         "trains each epoch on a plan of positions, which streamed WebDataset "
+                         "shards cannot serve; prune a map-style dataset, or train on a CLD "
+                         "coreset of the shards (scores= / --scores)")
     tracking, pruner, run_config = None, None, {}
     if spec is not None:
         from ..training.pruning import make_pruner
