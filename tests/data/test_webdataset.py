@@ -406,3 +406,33 @@ def test_auto_workers_rule(data, monkeypatch):
     assert Recipe().resolved(fmnist_like).identity() == Recipe(workers=0).identity()
     with pytest.raises(ValueError, match=r"workers must be an integer >= 0 or 'auto'; got 'some'"):
         Recipe(workers="some").check()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("order", [[], ["--no-shuffle"]])
+def test_torchrun_two_processes_on_shards(data, tmp_path, order):
+    """2 Gloo processes x 2 loader workers on 3 shards: every rank runs the same number of
+    batches (no hang), and every training sample is observed once per checkpoint."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+           f"--master_port={port}", "-m", "cldfast", "track", "--dataset", "webdataset",
+           "--data-path", data["pattern"], "--index", str(data["index"]), "--test-data-path",
+           data["test_pattern"], "--epochs", "3", "--batch-size", "16", "--lr", "0.05",
+           "--workers", "2", "--shuffle-buffer", "32", "--device", "cpu", "--quiet",
+           "--out", str(out), *order]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          cwd=tempfile.gettempdir(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sf = load_scores(out / "scores.npz")
+    assert sf.metadata["world_size"] == 2
+    assert sf.scores.size + sf.val_indices.size == N_TRAIN
+    assert (sf.extra["num_differences"] == 2).all() and np.isfinite(sf.scores).all()
