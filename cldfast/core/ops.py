@@ -105,10 +105,11 @@ def _(logits, target, loss, lse):
 
 
 def ce_grad(logits: torch.Tensor, target: torch.Tensor, lse: torch.Tensor,
-            grad_loss: torch.Tensor, backward=_ops.ce_backward) -> torch.Tensor:
+            grad_loss: torch.Tensor, backward=None) -> torch.Tensor:
     """The fused cross-entropy's gradient w.r.t. ``logits`` in their dtype: ``backward`` is
-    the kernel function (eager autograd.Function) or the operator (compiled graphs)."""
-    return backward(logits, target, lse, grad_loss).to(logits.dtype)
+    the operator (compiled graphs) or, by default, the kernel function (the eager
+    autograd.Function)."""
+    return (backward or _ops.ce_backward)(logits, target, lse, grad_loss).to(logits.dtype)
 
 
 def _ce_loss_setup(ctx, inputs, output):

@@ -134,8 +134,8 @@ def test_the_operators_run_the_kernels_path(monkeypatch, kernels_path):
     calls = []
     for name in ("record", "record_ce", "ce_backward", "end_epoch", "scores"):
         real = getattr(kernels_torch, name)
-        monkeypatch.setattr(kernels_torch, name,
-                            lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+        monkeypatch.setattr(kernels_torch, name, lambda *a, _real=real, _name=name, **k:
+                            calls.append(_name) or _real(*a, **k))
     epoch, flags = _epoch("cpu"), _flags("cpu")
     index = _index(torch.int64, "cpu")
     torch.ops.cldfast.record(index, torch.rand(8), epoch, 20, flags)
