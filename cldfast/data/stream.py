@@ -43,6 +43,7 @@ import json
 import logging
 import os
 import tarfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -52,6 +53,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .._extras import require
+from ..core.distributed import rank_world
 from ..core.ids import IdMap
 from ..io import atomic_write
 
@@ -349,8 +351,9 @@ def shard_index(pattern: Any, index_file: Any = None, *, what: str = "data_path"
 
     With ``index_file``: the shards are looked up in it by file name; when the file does not
     exist or lacks some of them, those are listed (:func:`list_shards`) and the file is
-    (re)written with them added, so the listing pass runs once. Without it: a listing pass
-    over all shards.
+    (re)written with them added, so the listing pass runs once (under torchrun by rank 0;
+    the other ranks wait for the file). Without it: a listing pass over all shards, in
+    every process.
 
     Raises:
         ValueError: a key appears twice (keys must be unique across the shards), or a shard
@@ -364,6 +367,16 @@ def shard_index(pattern: Any, index_file: Any = None, *, what: str = "data_path"
         doc = read_index(index_file)
         listed = dict(doc["shards"])
     todo = [u for u, n in zip(urls, names) if n not in listed]
+    if todo and index_file is not None and rank_world()[1] > 1 and rank_world()[0] != 0:
+        # Under torchrun rank 0 lists the shards and writes the file; the others wait for it
+        # (polling the file, not a collective, which could time out during a long listing).
+        log.info("waiting for rank 0's listing pass to write %s", index_file)
+        while todo:
+            time.sleep(2.0)
+            if Path(index_file).is_file():
+                doc = read_index(index_file)
+                listed = dict(doc["shards"])
+                todo = [u for u, n in zip(urls, names) if n not in listed]
     if todo:
         where = f" for {index_file}" if index_file is not None else ""
         log.info("listing pass over %d shard(s)%s (keys and .cls labels only)", len(todo), where)
@@ -877,8 +890,12 @@ def load_webdataset(data_path: Any, *, index: Any = None, test_data_path: Any = 
     train_index = shard_index(data_path, index, what="data_path")
     if len(train_index) == 0:
         raise ValueError(f"the training shards ({data_path!r}) hold no sample")
-    test_index = (shard_index(test_data_path, index, what="test_data_path")
-                  if test_data_path is not None else ShardIndex.empty())
+    if test_data_path is not None:
+        test_index = shard_index(test_data_path, index, what="test_data_path")
+    else:
+        test_index = ShardIndex.empty()
+        log.warning("webdataset: no test shards (test_data_path= / --test-data-path): test "
+                    "accuracies are not measured (NaN)")
     meta = train_index.meta
     sample, url = _first_sample(train_index.urls, train_index.counts)
     plain, train_dec, mean, std = _decodings(sample, url, image_size, meta.get("mean"),

@@ -411,8 +411,9 @@ def test_auto_workers_rule(data, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("order", [[], ["--no-shuffle"]])
 def test_torchrun_two_processes_on_shards(data, tmp_path, order):
-    """2 Gloo processes x 2 loader workers on 3 shards: every rank runs the same number of
-    batches (no hang), and every training sample is observed once per checkpoint."""
+    """2 Gloo processes x 2 loader workers on 3 shards: rank 0 writes the missing index file
+    (rank 1 waits for it), every rank runs the same number of batches (no hang), and every
+    training sample is observed once per checkpoint."""
     import os
     import socket
     import subprocess
@@ -425,7 +426,7 @@ def test_torchrun_two_processes_on_shards(data, tmp_path, order):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
            f"--master_port={port}", "-m", "cldfast", "track", "--dataset", "webdataset",
-           "--data-path", data["pattern"], "--index", str(data["index"]), "--test-data-path",
+           "--data-path", data["pattern"], "--index", str(tmp_path / "index.json"), "--test-data-path",
            data["test_pattern"], "--epochs", "3", "--batch-size", "16", "--lr", "0.05",
            "--workers", "2", "--shuffle-buffer", "32", "--device", "cpu", "--quiet",
            "--out", str(out), *order]
@@ -436,3 +437,4 @@ def test_torchrun_two_processes_on_shards(data, tmp_path, order):
     assert sf.metadata["world_size"] == 2
     assert sf.scores.size + sf.val_indices.size == N_TRAIN
     assert (sf.extra["num_differences"] == 2).all() and np.isfinite(sf.scores).all()
+    assert shard_index(data["pattern"], tmp_path / "index.json").keys == shard_index(data["pattern"]).keys
