@@ -1,5 +1,5 @@
-"""`cldfast select`: a coreset from a scores file (cldfast.pipeline.select_to_file; the
-rules beyond top-k through cldfast.selection.select_by_rule)."""
+"""`cldfast select`: a coreset from a scores file (cldfast.pipeline.select_to_file, with the
+rules of cldfast.selection.RULES)."""
 
 from __future__ import annotations
 
@@ -69,62 +69,22 @@ def handle(args: argparse.Namespace) -> int:
     if args.global_ and args.per_class is not None:
         raise ValueError("--global needs --fraction (a per-class count has no meaning without classes)")
     method = canonical_method(args.method)
-    if args.rule != "top" or args.rule_param:
-        return _handle_rule(args, method)
     if method == "random" and args.order not in (None, "random"):
         print(f"cldfast select: note: --order {args.order} does not apply to --method random "
               "(a uniform draw among the scored samples)", file=sys.stderr)
-    path, idx, order = select_to_file(args.scores, method=args.method, fraction=args.fraction,
-                                      per_class=args.per_class, order=args.order,
-                                      class_balanced=not args.global_, seed=args.seed,
-                                      output=args.output)
-    how = "uniform draw" if method == "random" else order
-    print(f"wrote {path}: {idx.size} original dataset indices ({method}, {how}, "
-          f"{'global' if args.global_ else 'class-balanced'})")
-    return 0
-
-
-def _handle_rule(args: argparse.Namespace, method: str) -> int:
-    """``--rule`` other than top: read the scores as select_to_file does, then
-    :func:`cldfast.selection.select_by_rule`."""
-    from pathlib import Path
-
-    import numpy as np
-
-    from ..io import atomic_write, load_scores, save_indices
-    from ..pipeline.workflows import _require_scored
-    from ..selection.methods import METHODS, score_array
-    from ..selection.rules import resolve_params, select_by_rule
-
-    info = METHODS[method]
-    if args.global_:
-        raise ValueError(f"--rule {args.rule} is class-balanced; --global needs --rule top")
-    if info.kind == "random":
-        raise ValueError(f"--rule {args.rule} needs a score; --method random has none")
-    keep = args.order or info.order
-    if keep not in ("top", "bottom"):
-        raise ValueError(f"--rule {args.rule} keeps the top or the bottom end of a score; "
-                         f"got --order {keep}")
-    params = dict(args.rule_param)
-    sf = load_scores(args.scores)
-    values = score_array(sf, info.name)
-    _require_scored(sf, values, info.name)
-    used, auto = resolve_params(args.rule, values, sf.labels, fraction=args.fraction,
-                                per_class=args.per_class, keep=keep, params=params)
-    idx = select_by_rule(values, sf.labels, rule=args.rule, fraction=args.fraction,
-                         per_class=args.per_class, keep=keep, seed=args.seed,
-                         dataset_indices=sf.train_indices, params=used)
-    size = f"f{args.fraction:g}" if args.fraction is not None else f"k{args.per_class}"
-    name = "indices" if info.name == "cld" else f"indices_{info.name}"
-    end = "" if keep == info.order else f"_{keep}"  # another end than the method's own
-    path = Path(args.output) if args.output else Path(args.scores).with_name(
-        f"{name}_{args.rule}{end}_{size}.npy")
-    if path.suffix == ".txt":
-        atomic_write(path, lambda p: np.savetxt(p, idx, fmt="%d"))
-    else:
-        save_indices(path, idx)
-    shown = ", ".join(f"{k}={v:g}{' (auto)' if k in auto else ''}" for k, v in used.items())
-    seed = f", seed {args.seed}" if RULES[args.rule].random else ""
-    print(f"wrote {path}: {idx.size} original dataset indices ({method}, rule {args.rule}"
-          f"{': ' + shown if shown else ''}, keep {keep}{seed}, class-balanced)")
+    done = select_to_file(args.scores, method=args.method, fraction=args.fraction,
+                          per_class=args.per_class, order=args.order,
+                          class_balanced=not args.global_, seed=args.seed, output=args.output,
+                          rule=args.rule, rule_params=dict(args.rule_param))
+    scope = "global" if args.global_ else "class-balanced"
+    if done.rule == "top" and not done.params:
+        how = "uniform draw" if method == "random" else done.order
+        print(f"wrote {done.path}: {done.indices.size} original dataset indices ({method}, {how}, "
+              f"{scope})")
+        return 0
+    shown = ", ".join(f"{k}={v:g}{' (auto)' if k in done.auto else ''}"
+                      for k, v in done.params.items())
+    seed = f", seed {args.seed}" if RULES[done.rule].random else ""
+    print(f"wrote {done.path}: {done.indices.size} original dataset indices ({method}, rule "
+          f"{done.rule}{': ' + shown if shown else ''}, keep {done.order}{seed}, {scope})")
     return 0

@@ -4,7 +4,8 @@ whole pipeline) and ``bench`` (CLD against the baselines), with their reports an
 (``report``) and exports (``export``). Needs the ``pipeline`` extra."""
 
 from .workflows import (EMBEDDED_NOTE, DataSpec, PruneSpec, RunResult, load_data, run,
-                        select_coreset, select_to_file, track, tracked_epochs, train)
+                        Selection, select_coreset, select_to_file, track, tracked_epochs,
+                        train)
 
 __all__ = ["DataSpec", "PruneSpec", "RunResult", "EMBEDDED_NOTE", "load_data", "track",
-           "tracked_epochs", "select_coreset", "select_to_file", "train", "run"]
+           "tracked_epochs", "select_coreset", "select_to_file", "Selection", "train", "run"]

@@ -22,7 +22,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -36,6 +36,7 @@ from ..io import (ScoresFile, atomic_write, load_indices, load_scores, save_indi
                   write_json)
 from ..selection.balanced import DEFAULT_FRACTIONS, ORDERS, check_fractions, select
 from ..selection.methods import METHODS, canonical_method, score_array
+from ..selection.rules import RULES, resolve_params, select_by_rule
 from ..training.checkpoints import Preempted
 from ..training.loop import BatchRecorder, Tracking, fit
 from ..training.models import model_name
@@ -46,7 +47,7 @@ require_all(PIPELINE, "cldfast.pipeline")  # torchvision, tqdm, matplotlib, scik
 
 log = logging.getLogger("cldfast")
 
-__all__ = ["DataSpec", "PruneSpec", "tracked_epochs", "track", "select_coreset", "select_to_file",
+__all__ = ["DataSpec", "PruneSpec", "Selection", "tracked_epochs", "track", "select_coreset", "select_to_file",
            "train", "retrain_cell", "run", "RunResult", "load_data", "EMBEDDED_NOTE"]
 
 # Said after `cldfast run` / pipeline.run on the embedded data: what the fidelity study found.
@@ -263,48 +264,85 @@ def select_coreset(scores: ScoresFile, *, fraction: float | None = None,
                   class_balanced=class_balanced, dataset_indices=scores.train_indices, seed=seed)
 
 
+class Selection(NamedTuple):
+    """What :func:`select_to_file` wrote: the file, the original dataset indices, the end of
+    the score kept (``random`` for a uniform draw), the rule and its parameters (``auto``:
+    the names chosen automatically)."""
+
+    path: Path
+    indices: np.ndarray
+    order: str
+    rule: str = "top"
+    params: dict[str, Any] = {}
+    auto: tuple[str, ...] = ()
+
+
 def select_to_file(scores: str | Path, *, method: str = "cld", fraction: float | None = None,
                    per_class: int | None = None, order: str | None = None,
                    class_balanced: bool = True, seed: int = 0,
-                   output: str | Path | None = None) -> tuple[Path, np.ndarray, str]:
+                   output: str | Path | None = None, rule: str = "top",
+                   rule_params: dict[str, Any] | None = None) -> Selection:
     """Select a coreset from the scores file ``scores`` by ``method`` (CLD or any other
     stored score, :data:`cldfast.selection.METHODS`) and write its ORIGINAL dataset indices.
 
     ``order``: default the method's own end (top for CLD); the random method draws uniformly
-    whatever ``order`` says. ``output``: a .npy file, or .txt for one index per line; default
-    beside the scores file, named after the selection (``indices_top_f0.1.npy``,
-    ``indices_forgetting_top_k5_global.npy``, ``indices_random_f0.1.npy``, ...). Returns
-    (path written, indices, order used: ``random`` for the random method).
+    whatever ``order`` says. ``rule``: how the kept end is used (:data:`cldfast.selection.
+    RULES`; ``top``, the paper's, by default), with ``rule_params`` (those left out are
+    chosen from the training scores and the budget, :func:`cldfast.selection.auto_params`).
+    ``output``: a .npy file, or .txt for one index per line; default beside the scores file,
+    named after the selection (``indices_top_f0.1.npy``, ``indices_forgetting_top_k5_global.npy``,
+    ``indices_random_f0.1.npy``, ``indices_ccs_f0.1.npy``, ...).
 
     ValueError, nothing written, when no sample has a score (e.g. a proxy that tracked fewer
-    than 3 checkpoints) or a class has fewer scored samples than its quota
-    (:func:`cldfast.selection.select`).
+    than 3 checkpoints), a class has fewer scored samples than its quota
+    (:func:`cldfast.selection.select`), or the rule does not fit the request.
     """
     if not class_balanced and per_class is not None:
         raise ValueError("a global selection needs a fraction (a per-class count has no meaning "
                          "without classes)")
-    sf = load_scores(scores)
     info = METHODS[canonical_method(method)]
+    rule_info = RULES.get(rule)
+    if rule_info is None:
+        raise ValueError(f"rule must be one of {', '.join(RULES)}; got {rule!r}")
+    by_rule = rule != "top" or bool(rule_params)
+    if by_rule:
+        if not class_balanced:
+            raise ValueError(f"rule {rule!r} is class-balanced; a global selection needs rule 'top'")
+        if info.kind == "random":
+            raise ValueError(f"rule {rule!r} needs a score; the random method has none")
+    sf = load_scores(scores)
     order = order or (info.order if info.order in ORDERS else "top")
     if info.kind == "random":
         order = "random"  # a uniform draw: no end of any score is kept
     values = score_array(sf, info.name)
     values = sf.scores if values is None else values  # random: uniform among CLD-scored samples
     _require_scored(sf, values, info.name)
-    idx = select(values, sf.labels, fraction=fraction, per_class=per_class, order=order,
-                 class_balanced=class_balanced, dataset_indices=sf.train_indices, seed=seed)
     size = f"f{fraction:g}" if fraction is not None else f"k{per_class}"
-    if info.kind == "random":
-        stem = f"indices_random_{size}"  # the same draw as CLD's --order random
+    name = "indices" if info.name == "cld" else f"indices_{info.name}"
+    params, auto = {}, ()
+    if by_rule:
+        if order not in ("top", "bottom"):
+            raise ValueError(f"rule {rule!r} keeps the top or the bottom end of a score; got "
+                             f"order {order!r}")
+        params, auto = resolve_params(rule, values, sf.labels, fraction=fraction,
+                                      per_class=per_class, keep=order, params=rule_params or {})
+        idx = select_by_rule(values, sf.labels, rule=rule, fraction=fraction, per_class=per_class,
+                             keep=order, seed=seed, dataset_indices=sf.train_indices,
+                             params=params)
+        end = "" if order == info.order else f"_{order}"  # another end than the method's own
+        stem = f"{name}_{rule}{end}_{size}"
     else:
-        stem = f"{'indices' if info.name == 'cld' else f'indices_{info.name}'}_{order}_{size}"
+        idx = select(values, sf.labels, fraction=fraction, per_class=per_class, order=order,
+                     class_balanced=class_balanced, dataset_indices=sf.train_indices, seed=seed)
+        # random: the same draw as CLD's --order random
+        stem = f"indices_random_{size}" if info.kind == "random" else f"{name}_{order}_{size}"
     path = Path(output) if output else Path(scores).with_name(
         f"{stem}{'' if class_balanced else '_global'}.npy")
     if path.suffix == ".txt":
         atomic_write(path, lambda p: np.savetxt(p, idx, fmt="%d"))
     else:
         save_indices(path, idx)
-    return path, idx, order
+    return Selection(path, idx, order, rule, params, tuple(auto))
 
 
 @dataclass
