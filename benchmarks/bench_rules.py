@@ -14,8 +14,11 @@ One eval-mode proxy per setting (CLD, the paper's estimator, with AUM / forgetti
 recorded from the same training pass). For each budget (``--fractions``), every rule of
 ``cldfast.selection.RULES`` with its automatic parameters (chosen from the training scores
 and the budget only, never the test set) over CLD and over the setting's best baseline (the
-baseline whose low end flags the flipped samples best; AUM on clean data), plus class-balanced
-random coresets and, under noise, the oracle (random among the truly clean samples). Every
+baseline whose hard end holds the flipped samples best; AUM on clean data; the rules treat
+the end away from a score's hard end as best, the top rule keeps the method's own end),
+CLD's filtered rule with q from the baseline's noise estimate and at fixed q (a sweep),
+plus class-balanced random coresets and, under noise, the oracle (random among the truly
+clean samples). Every
 coreset is retrained with ``--seeds`` seeds; the table gives mean ± std (sample std) and the
 paired difference against random (same seeds: mean ± std of the per-seed differences).
 
@@ -47,10 +50,12 @@ from _results import RESULTS, markdown_table, write_section  # noqa: E402
 import bench_fidelity as fid  # noqa: E402
 
 from cldfast.data import InMemoryImageDataset, split_train_val  # noqa: E402
-from cldfast.selection import METHODS, RULES, auto_params, select, select_by_rule  # noqa: E402
+from cldfast.selection import (METHODS, RULES, auto_params, estimate_noise_rate,  # noqa: E402
+                               select_by_rule)
 
 SETTINGS = ("noise20-cv", "noise20", "clean", "noise40-cv", "noise40")
 BASELINES = ("aum", "forgetting", "el2n")
+SWEEP_Q = (0.1, 0.2, 0.3, 0.4)  # CLD's filtered rule at fixed shares dropped per class
 
 
 class RulesStudy(fid.Study):
@@ -88,25 +93,29 @@ class RulesStudy(fid.Study):
 
 
 def best_baseline(p: dict) -> str:
-    """The baseline whose kept end is furthest from the flipped samples (AUROC of its bad
-    end for them); AUM without noise."""
+    """The baseline whose hard end holds the flipped samples best (AUROC); AUM without noise."""
     if not p["flipped"].any():
         return "aum"
 
     def auroc(name: str) -> float:
-        s = p[name] if METHODS[name].order == "bottom" else -p[name]  # high = bad end
+        s = p[name] if METHODS[name].hard == "top" else -p[name]  # high = hard end
         return fid.auroc(s, p["flipped"])
 
     return max(BASELINES, key=auroc)
 
 
-def rule_coreset(p: dict, score: str, rule: str, f: float, seed: int = 0):
-    keep = METHODS["cld" if score == "eval_cld" else score].order
+def rule_coreset(p: dict, score: str, rule: str, f: float, seed: int = 0,
+                 params: dict | None = None):
+    """A coreset by ``rule`` over ``score`` (the top rule keeps the method's own end, the
+    others its ``rule_keep`` end); ``params`` default: the automatic choice."""
+    info = METHODS["cld" if score == "eval_cld" else score]
+    keep = info.order if rule == "top" else info.rule_keep
     values = p[score]
-    params = auto_params(rule, values, p["labels"], fraction=f, keep=keep)
+    params = params if params is not None else auto_params(rule, values, p["labels"],
+                                                           fraction=f, keep=keep)
     idx = select_by_rule(values, p["labels"], rule=rule, fraction=f, keep=keep, seed=seed,
                          dataset_indices=p["train_idx"], params=params)
-    return idx, params
+    return idx, params, keep
 
 
 def run_budget(st: RulesStudy, setting: str, f: float, R: dict) -> None:
@@ -123,17 +132,24 @@ def run_budget(st: RulesStudy, setting: str, f: float, R: dict) -> None:
                                     st.coreset(p, clean, f, "random", seed=s), s,
                                     st.args.retrain_epochs)["accuracy"]
                          for s in st.retrain_seeds]
-    for score, label in (("eval_cld", "CLD"), (base, base)):
-        for rule in RULES:
-            try:
-                idx, params = rule_coreset(p, score, rule, f)
-            except ValueError as exc:  # e.g. a quota above the class's scored samples
-                print(f"[rules] {setting} {label} {rule} f={f:g}: skipped ({exc})", flush=True)
-                continue
-            tag = f"{label}-{rule}-f{f:g}"
-            flip = float(np.isin(idx, p["train_idx"][p["flipped"]]).mean()) if p["flipped"].any() else 0.0
-            out[f"{label} {rule}"] = {"accs": st.accs(setting, tag, idx), "params": params,
-                                      "flipped": flip}
+    # CLD's filtered rule with its q from the best baseline's noise estimate, and a sweep.
+    q_base = estimate_noise_rate(p[base], keep=METHODS[base].rule_keep)
+    variants = [("eval_cld", "CLD", rule, None, "") for rule in RULES]
+    variants += [("eval_cld", "CLD", "filtered", {"q": round(q_base, 4)}, f" (q from {base})")]
+    variants += [("eval_cld", "CLD", "filtered", {"q": q}, f" (q={q:g})") for q in SWEEP_Q]
+    variants += [(base, base, rule, None, "") for rule in RULES]
+    for score, label, rule, params, note in variants:
+        try:
+            idx, used, keep = rule_coreset(p, score, rule, f, params=params)
+        except ValueError as exc:  # e.g. a quota above the class's scored samples
+            print(f"[rules] {setting} {label} {rule}{note} f={f:g}: skipped ({exc})", flush=True)
+            continue
+        own = METHODS["cld" if score == "eval_cld" else score].order
+        tag = (f"{label}-{rule}{'' if keep == own else '-' + keep}-f{f:g}"
+               + "".join(f"-{k}{v:g}" for k, v in (params or {}).items()))
+        flip = float(np.isin(idx, p["train_idx"][p["flipped"]]).mean()) if p["flipped"].any() else 0.0
+        out[f"{label} {rule}{note}"] = {"accs": st.accs(setting, tag, idx), "params": used,
+                                        "flipped": flip}
 
 
 def ms(xs: list[float]) -> str:

@@ -46,7 +46,8 @@ def register(sub):
     p.add_argument("--rule", choices=tuple(RULES), default="top", metavar="NAME",
                    help=f"selection rule, one of {', '.join(RULES)} (default: %(default)s, the "
                         "paper's: the best of each class); every rule is class-balanced and "
-                        "keeps the method's end (or --order top/bottom); see below")
+                        "treats the end away from the method's hard end as best (CLD: top, AUM: top, "
+                        "forgetting: bottom; or --order top/bottom); see below")
     p.add_argument("--rule-param", type=rule_param, action="append", default=[],
                    metavar="KEY=VALUE", help="a parameter of --rule (repeatable; those left out "
                    "are chosen automatically or take their default, listed below)")

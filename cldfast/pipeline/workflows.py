@@ -311,7 +311,8 @@ def select_to_file(scores: str | Path, *, method: str = "cld", fraction: float |
         if info.kind == "random":
             raise ValueError(f"rule {rule!r} needs a score; the random method has none")
     sf = load_scores(scores)
-    order = order or (info.order if info.order in ORDERS else "top")
+    # The top rule keeps the method's own end; the other rules its rule_keep end.
+    order = order or (info.rule_keep if by_rule else info.order if info.order in ORDERS else "top")
     if info.kind == "random":
         order = "random"  # a uniform draw: no end of any score is kept
     values = score_array(sf, info.name)
@@ -329,7 +330,7 @@ def select_to_file(scores: str | Path, *, method: str = "cld", fraction: float |
         idx = select_by_rule(values, sf.labels, rule=rule, fraction=fraction, per_class=per_class,
                              keep=order, seed=seed, dataset_indices=sf.train_indices,
                              params=params)
-        end = "" if order == info.order else f"_{order}"  # another end than the method's own
+        end = "" if order == info.rule_keep else f"_{order}"  # another end than the default
         stem = f"{name}_{rule}{end}_{size}"
     else:
         idx = select(values, sf.labels, fraction=fraction, per_class=per_class, order=order,

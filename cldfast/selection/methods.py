@@ -43,6 +43,16 @@ class MethodInfo:
     passes: int
     reference: str
 
+    @property
+    def rule_keep(self) -> str:
+        """The end the selection rules (:mod:`cldfast.selection.rules`) treat as best: away
+        from the hard end, where mislabeled and atypical samples gather (CLD: top, AUM: top,
+        forgetting: bottom), so that ``ccs`` and ``filtered`` drop the hard end, as CCS does;
+        the kept end for a score without a hard end. The ``top`` rule keeps :attr:`order`."""
+        if self.hard is None:
+            return self.order
+        return "top" if self.hard == "bottom" else "bottom"
+
 
 METHODS: dict[str, MethodInfo] = {m.name: m for m in (
     MethodInfo("cld", "scores", "top", "bottom", "cld", 0, "Nagaraj et al., TMLR 2025"),

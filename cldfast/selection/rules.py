@@ -12,9 +12,11 @@ refuses a class with fewer scored samples than its quota, is deterministic for a
 wherever an order matters: first in the order being applied, so an order of what to keep
 (top, band, mix's top part, beta's ranks) keeps it first and an order of what to drop (the
 worst share ccs and filtered drop, worst first as :func:`cldfast.selection.ccs_select` does)
-drops it first. ``keep`` names the end of the score a selection keeps (CLD:
-``top``; AUM: ``bottom``; ``METHODS[name].order``): the rules first orient the score so
-that higher = keep, so ``keep="bottom"`` on ``s`` gives exactly ``keep="top"`` on ``-s``.
+drops it first. ``keep`` names the end of the score the rules treat as best (CLD: ``top``;
+for a baseline the end away from its hard end, ``METHODS[name].rule_keep``: AUM ``top``,
+forgetting ``bottom``, so that ccs and filtered drop the hard end, where mislabeled samples
+gather): the rules first orient the score so that higher = keep, so ``keep="bottom"`` on
+``s`` gives exactly ``keep="top"`` on ``-s``.
 See docs/method.md, "Selection rules", for the sources and the automatic choices.
 """
 
@@ -312,8 +314,8 @@ def select_by_rule(scores: Any, labels: Any, *, rule: str = "top", fraction: flo
         labels: [N] int classes.
         rule: ``top`` (default, the paper's), ``ccs``, ``filtered``, ``band``, ``beta``, ``mix``.
         fraction / per_class: the quotas of :func:`cldfast.selection.select`.
-        keep: the end of the score a selection keeps, ``top`` or ``bottom``
-            (``METHODS[name].order``).
+        keep: the end of the score the rule treats as best, ``top`` or ``bottom``
+            (``METHODS[name].rule_keep``).
         seed: seed of the random rules (``ccs``, ``filtered``, ``beta``, ``mix``).
         dataset_indices: [N] original dataset index of each entry (default 0..N-1).
         params: the rule's parameters; those left out are chosen by :func:`auto_params`

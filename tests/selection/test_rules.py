@@ -393,10 +393,18 @@ def test_cli_rule_ccs_writes_a_coreset_of_the_right_size(scores_path, capsys):
                                                       dataset_indices=sf.train_indices))
     line = capsys.readouterr().out
     assert "rule ccs: beta=" in line and "(auto)" in line and "k=50," in line
-    # the same rule over AUM (its kept end: bottom), the same coreset here (aum = -cld)
+    # Over AUM the rules treat the end away from AUM's hard end (low AUM) as best: its top.
+    aum = -sf.scores
     assert main(["select", str(scores_path), "--rule", "ccs", "--method", "aum",
                  "--fraction", "0.1"]) == 0
-    np.testing.assert_array_equal(np.load(scores_path.with_name("indices_aum_ccs_f0.1.npy")), idx)
+    np.testing.assert_array_equal(np.load(scores_path.with_name("indices_aum_ccs_f0.1.npy")),
+                                  select_by_rule(aum, sf.labels, rule="ccs", fraction=0.1,
+                                                 keep="top", dataset_indices=sf.train_indices))
+    # Here aum = -cld: keeping AUM's bottom end gives CLD's coreset.
+    assert main(["select", str(scores_path), "--rule", "ccs", "--method", "aum", "--order",
+                 "bottom", "--fraction", "0.1"]) == 0
+    np.testing.assert_array_equal(
+        np.load(scores_path.with_name("indices_aum_ccs_bottom_f0.1.npy")), idx)
 
 
 def test_cli_rule_param_overrides_the_automatic_choice(scores_path, tmp_path, capsys):
