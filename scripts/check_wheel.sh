@@ -31,7 +31,8 @@ if [ $# -ge 1 ]; then
   rm -rf "$work"/{dist,wheelhouse,build,venv,bin,run,home,tools}
 else
   work=$(mktemp -d "${TMPDIR:-/tmp}/cldfast-wheel.XXXXXX")
-  trap 'rm -rf "$work"' EXIT
+  # (removing the venv's few GB of torch & co. takes a while: the time is reported)
+  trap 'rm -rf "$work"; step "removed $work"' EXIT
 fi
 step "working in $work with $("$py" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
 
