@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..selection.balanced import DEFAULT_FRACTIONS
+from ..selection.rules import RULES
 from ..training.models import ARCHS
 from .common import (add_data, add_output, add_recipe, add_tracking, data_from_args, fraction,
                      fractions, positive_int, recipe_from_args)
@@ -37,12 +38,27 @@ def register(sub):
                         "or under torchrun, where N > 1 is refused). Small models use one core "
                         "per cell better than several cores per step; every cell is seeded on "
                         "its own. cldfast.pipeline.run() from Python defaults to 1")
+    p.add_argument("--rules", type=rule_list, default=[], metavar="NAMES",
+                   help="further CLD coresets at every fraction by these selection rules, "
+                        f"comma-separated, from: {', '.join(RULES)} (automatic parameters; "
+                        "see `cldfast select --help` and docs/method.md); the paper's top-CLD "
+                        "coresets stay")
     add_data(p)
     add_recipe(p, proxy=True)
     add_tracking(p)
     add_output(p, "cldfast-out")
     p.set_defaults(handler=handle)
     return handle
+
+
+def rule_list(text: str) -> list[str]:
+    """``--rules``: comma-separated names of :data:`cldfast.selection.RULES`."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in RULES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"expected rule names from {', '.join(RULES)}; got "
+                                         f"{text!r}")
+    return names
 
 
 def run_jobs(args: argparse.Namespace) -> int | str:
@@ -61,7 +77,7 @@ def handle(args: argparse.Namespace) -> int:
                  track_epochs=args.track_epochs, track_every=args.track_every,
                  per_class=not args.global_val, precision=args.precision, seeds=args.seeds,
                  resume=args.resume, jobs=run_jobs(args),
-                 progress=not args.quiet)
+                 progress=not args.quiet, rules=args.rules)
     print(result.table)
     for note in result.notes:
         print("\n" + note)

@@ -39,7 +39,8 @@ def _pm(r: dict[str, Any]) -> str:
 
 
 def run_table(results: dict[str, dict[str, Any]], fractions: Sequence[float],
-                  compare: float, seeds: int = 1, loss_source: str = "eval") -> str:
+                  compare: float, seeds: int = 1, loss_source: str = "eval",
+                  rules: Sequence[str] = ()) -> str:
     full = results["full"]
     estimator = ("eval mode, the paper's CLD" if loss_source == "eval"
                  else "train mode, an approximation of the paper's CLD")
@@ -56,6 +57,18 @@ def run_table(results: dict[str, dict[str, Any]], fractions: Sequence[float],
                     if x is not None and np.isfinite(x)]
         lines.append(f"| {f:g} | {top['samples']} | {_pm(top)} | {_pm(rnd)} | "
                      f"{np.mean(d):+.2f} ({', '.join(f'{x:+.2f}' for x in d)}) |")
+    rules = [r for r in rules if r != "top"]
+    if rules:
+        lines += ["", "Selection rules over CLD (automatic parameters; docs/method.md):", "",
+                  "| fraction | rule | test accuracy | rule - random (per seed) |",
+                  "|---|---|---|---|"]
+        for f in fractions:
+            rnd = results[f"random_{f:g}"]
+            for rule in rules:
+                r = results[f"cld_{rule}_{f:g}"]
+                d = [100 * (a - b) for a, b in zip(r["accuracies"], rnd["accuracies"])]
+                lines.append(f"| {f:g} | {rule} | {_pm(r)} | {np.mean(d):+.2f} "
+                             f"({', '.join(f'{x:+.2f}' for x in d)}) |")
     lines += ["", f"Subsets of equal size ({compare:g} of each class):", "",
               "| subset | test accuracy |", "|---|---|"]
     for label, key in (("top CLD", "top"), ("near-zero CLD", "zero"), ("most negative CLD", "bottom")):

@@ -682,12 +682,14 @@ def _retrain_cells(bundle: DatasetBundle, data: Any, out: Path,
     return results  # type: ignore[return-value]
 
 
-def _run_cells(fractions: Sequence[float], compare: float) -> list[tuple[str, str, float]]:
-    """The coresets :func:`run` trains on, per seed: (name, order, fraction)."""
+def _run_cells(fractions: Sequence[float], compare: float,
+               rules: Sequence[str] = ()) -> list[tuple[str, str, float]]:
+    """The coresets :func:`run` trains on, per seed: (name, order or ``rule:NAME``, fraction)."""
     runs: list[tuple[str, str, float]] = [("full", "full", 1.0)]
     for f in fractions:
         runs.append((f"cld_top_{f:g}", "top", f))
         runs.append((f"random_{f:g}", "random", f))
+        runs += [(f"cld_{rule}_{f:g}", f"rule:{rule}", f) for rule in rules if rule != "top"]
     for order in ("zero", "bottom"):
         runs.append((f"cld_{order}_{compare:g}", order, compare))
     if f"cld_top_{compare:g}" not in {r[0] for r in runs}:
@@ -709,7 +711,8 @@ def run(data: DataSpec | DatasetBundle | str | None = None, out: str | Path = "c
         compare_fraction: float | None = None, val_fraction: float = 0.1,
         loss_source: str = "eval", track_epochs: int | None = None, track_every: int = 1,
         per_class: bool = True, precision: str = "float64", seeds: int = 2, resume: bool = False,
-        jobs: int | str | None = 1, progress: bool = True) -> RunResult:
+        jobs: int | str | None = 1, progress: bool = True,
+        rules: Sequence[str] = ()) -> RunResult:
     """The whole pipeline: track a proxy, select CLD and random coresets at ``fractions``
     and top / near-zero / most-negative CLD subsets at ``compare_fraction`` (default: the
     smallest fraction), train ``arch`` on each and on the full training split with ``seeds``
@@ -722,7 +725,10 @@ def run(data: DataSpec | DatasetBundle | str | None = None, out: str | Path = "c
     ``jobs=N`` or ``"auto"`` (:func:`retrain_jobs`; several on a multi-core CPU, the choice
     of ``cldfast run``) train them in spawned worker processes, which import the calling
     script again: call ``run`` under ``if __name__ == "__main__":`` then. Every cell is
-    seeded on its own, so only float rounding depends on ``jobs``."""
+    seeded on its own, so only float rounding depends on ``jobs``. ``rules``: further CLD
+    coresets at every fraction by these selection rules (:data:`cldfast.selection.RULES`,
+    automatic parameters; the random ones drawn afresh per seed), beside the paper's top-CLD
+    ones, which stay."""
     bundle = load_data(data)
     key = _dataset_key(data, bundle)
     out = Path(out)
@@ -735,7 +741,10 @@ def run(data: DataSpec | DatasetBundle | str | None = None, out: str | Path = "c
         raise ValueError(f"seeds must be >= 1; got {seeds}")
     seeds = int(seeds)
     compare = float(compare_fraction) if compare_fraction is not None else fractions[0]
-    runs = _run_cells(fractions, compare)
+    unknown = [r for r in rules if r not in RULES]
+    if unknown:
+        raise ValueError(f"rules: unknown {unknown}; expected some of {', '.join(RULES)}")
+    runs = _run_cells(fractions, compare, rules)
     # Before the proxy is tracked: a refused jobs value costs nothing.
     n_jobs = retrain_jobs(data, arch, recipe, seeds * len(runs), jobs)
     t0 = time.perf_counter()
@@ -749,6 +758,13 @@ def run(data: DataSpec | DatasetBundle | str | None = None, out: str | Path = "c
         for name, order, f in runs:
             if order == "full":
                 pick, file = scores.train_indices, None
+            elif order.startswith("rule:"):
+                rule = order[len("rule:"):]
+                pick = functools.partial(select_by_rule, scores.scores, scores.labels, rule=rule,
+                                         fraction=f, seed=recipe.seed + s,
+                                         dataset_indices=scores.train_indices)
+                file = (out / "indices" / (f"{name}.npy" if s == 0 else f"{name}-s{s}.npy")
+                        if (s == 0 or RULES[rule].random) else None)
             else:
                 pick = functools.partial(select_coreset, scores, fraction=f, order=order,
                                          seed=recipe.seed + s)
@@ -770,7 +786,7 @@ def run(data: DataSpec | DatasetBundle | str | None = None, out: str | Path = "c
         acc = np.asarray(r["accuracies"], dtype=np.float64)
         r["test_accuracy"] = float(acc.mean())
         r["test_accuracy_std"] = float(acc.std(ddof=1)) if acc.size > 1 else float("nan")
-    table = run_table(results, fractions, compare, seeds, loss_source)
+    table = run_table(results, fractions, compare, seeds, loss_source, rules)
     notes = [EMBEDDED_NOTE] if is_embedded(bundle.name) else []
     if not ddist.is_main():
         return RunResult(out, table, {}, notes)

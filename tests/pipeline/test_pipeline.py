@@ -24,14 +24,16 @@ QUICK = ["--dataset", "digits", "--batch-size", "64", "--lr", "0.05", "--quiet"]
 def test_run_end_to_end_on_digits(tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["run", *QUICK, "--epochs", "2", "--proxy-epochs", "4", "--fractions", "0.3,0.5",
-               "--out", str(out)])
+               "--rules", "ccs", "--out", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| fraction | samples | CLD (top) | random |" in printed
     assert "near-zero CLD" in printed and "most negative CLD" in printed
+    assert "Selection rules over CLD" in printed and "| 0.5 | ccs |" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["results"]) == {"full", "cld_top_0.3", "random_0.3", "cld_top_0.5",
-                                       "random_0.5", "cld_zero_0.3", "cld_bottom_0.3"}
+                                       "random_0.5", "cld_zero_0.3", "cld_bottom_0.3",
+                                       "cld_ccs_0.3", "cld_ccs_0.5"}
     for r in metrics["results"].values():
         assert 0.0 <= r["test_accuracy"] <= 1.0
     sf = load_scores(out / "scores.npz")
@@ -41,6 +43,13 @@ def test_run_end_to_end_on_digits(tmp_path, capsys):
     idx = np.load(out / "indices" / "cld_top_0.3.npy")
     assert np.isin(idx, sf.train_indices).all() and not np.isin(idx, sf.val_indices).any()
     assert metrics["results"]["cld_top_0.3"]["samples"] == idx.size
+    # The rule's coreset (seed 0) is the library's, with its automatic parameters.
+    from cldfast.selection import select_by_rule
+
+    np.testing.assert_array_equal(
+        np.load(out / "indices" / "cld_ccs_0.5.npy"),
+        select_by_rule(sf.scores, sf.labels, rule="ccs", fraction=0.5, seed=0,
+                       dataset_indices=sf.train_indices))
     for png in ("accuracy_vs_fraction.png", "cld_histograms.png"):
         assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "test accuracy" in (out / "run.log").read_text()
