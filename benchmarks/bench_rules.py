@@ -195,7 +195,37 @@ def report(R: dict, st: RulesStudy, minutes: float) -> str:
                                     "parameters"], rows), ""]
     out.insert(2, "Rules beating random by more than twice the larger seed spread: "
                + ("; ".join(wins) if wins else "none in the cells measured") + ".\n")
+    out.insert(3, summary(R) + "\n")
     return "\n".join(out)
+
+
+def summary(R: dict) -> str:
+    """One row per setting and budget: random, the oracle, top-CLD, the best CLD rule with
+    automatic parameters and the best rule over the baseline (by mean gain over random)."""
+    rows = []
+    for setting, cell in R.items():
+        for f, res in sorted(cell["fractions"].items()):
+            rand = res["random"]
+
+            def show(name: str) -> str:
+                g = paired(res[name]["accs"], rand)
+                return f"{name}: {ms(res[name]['accs'])} ({g[0]:+.2f} ± {g[1]:.2f})"
+
+            def best(prefix: str) -> str:
+                names = [n for n in res if n.startswith(prefix) and "(q" not in n
+                         and n != "CLD top"]  # the sweep rows are not automatic choices
+                return show(max(names, key=lambda n: statistics.mean(res[n]["accs"]))) if names else ""
+
+            oracle = (f"{ms(res['oracle'])} ({paired(res['oracle'], rand)[0]:+.2f})"
+                      if "oracle" in res else "")
+            rows.append([setting, f"{100 * f:g} %", ms(rand), oracle,
+                         show("CLD top") if "CLD top" in res else "", best("CLD "),
+                         best(cell["baseline"] + " ")])
+    return ("Summary (accuracy %, mean ± std over seeds; in brackets the paired gain over "
+            "random): \n\n" + markdown_table(["setting", "budget", "random", "oracle",
+                                               "top-CLD (the paper's rule)",
+                                               "best CLD rule (automatic parameters)",
+                                               "best rule over the best baseline"], rows))
 
 
 def main(argv: list[str] | None = None) -> int:
