@@ -194,6 +194,17 @@ def ms(xs) -> str:
 
 
 # ------------------------------------------------------------------ study
+def relabeled(full, labels: np.ndarray, tag: str):
+    """``full`` with its training labels replaced by ``labels`` (same images, same
+    augmentation), fingerprinted ``<full>-<tag>``."""
+    ds = full.train_eval
+    mean, std = ds.mean.flatten().tolist(), ds.std.flatten().tolist()
+    train_eval = InMemoryImageDataset(ds.images, labels, mean, std, max_value=ds.max_value)
+    train = train_eval.with_augmentation(flip=full.train.flip, crop_padding=full.train.crop_padding)
+    return replace(full, train=train, train_eval=train_eval, train_targets=labels,
+                   fingerprint=f"{full.fingerprint}-{tag}")
+
+
 class Study:
     def __init__(self, args):
         self.args = args
@@ -230,13 +241,7 @@ class Study:
             flip = rng_n.choice(chosen, int(round(0.2 * chosen.size)), replace=False)
             # symmetric: uniformly one of the 9 other classes
             noisy[flip] = (targets[flip] + rng_n.integers(1, 10, flip.size)) % 10
-            ds = self.full.train_eval
-            mean, std = ds.mean.flatten().tolist(), ds.std.flatten().tolist()
-            train_eval = InMemoryImageDataset(ds.images, noisy, mean, std, max_value=ds.max_value)
-            train = train_eval.with_augmentation(flip=self.full.train.flip,
-                                                 crop_padding=self.full.train.crop_padding)
-            bundle = replace(self.full, train=train, train_eval=train_eval, train_targets=noisy,
-                             fingerprint=self.full.fingerprint + "-noise20")
+            bundle = relabeled(self.full, noisy, "noise20")
         sub_t, sub_v = split_train_val(noisy[chosen], 0.1, 0)
         train_idx, val_idx = chosen[sub_t], chosen[sub_v]
         flipped = noisy[train_idx] != targets[train_idx]

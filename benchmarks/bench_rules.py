@@ -37,7 +37,6 @@ import argparse
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +48,7 @@ sys.path.insert(0, str(HERE))
 from _results import RESULTS, markdown_table, write_section  # noqa: E402
 import bench_fidelity as fid  # noqa: E402
 
-from cldfast.data import InMemoryImageDataset, split_train_val  # noqa: E402
+from cldfast.data import split_train_val  # noqa: E402
 from cldfast.selection import (METHODS, RULES, auto_params, estimate_noise_rate,  # noqa: E402
                                select_by_rule)
 
@@ -80,13 +79,7 @@ class RulesStudy(fid.Study):
         if name.endswith("-cv"):
             noisy[val_idx] = targets[val_idx]  # a curated V: its true labels
         if rate:
-            ds = self.full.train_eval
-            mean, std = ds.mean.flatten().tolist(), ds.std.flatten().tolist()
-            train_eval = InMemoryImageDataset(ds.images, noisy, mean, std, max_value=ds.max_value)
-            train = train_eval.with_augmentation(flip=self.full.train.flip,
-                                                 crop_padding=self.full.train.crop_padding)
-            bundle = replace(self.full, train=train, train_eval=train_eval, train_targets=noisy,
-                             fingerprint=f"{self.full.fingerprint}-{name}")
+            bundle = fid.relabeled(self.full, noisy, name)
         flipped = noisy[train_idx] != targets[train_idx]
         self._bundles[name] = (bundle, train_idx, val_idx, flipped)
         return self._bundles[name]
