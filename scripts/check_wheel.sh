@@ -31,8 +31,8 @@ if [ $# -ge 1 ]; then
   rm -rf "$work"/{dist,wheelhouse,build,venv,bin,run,home,tools}
 else
   work=$(mktemp -d "${TMPDIR:-/tmp}/cldfast-wheel.XXXXXX")
-  # (removing the venv's few GB of torch & co. takes a while: the time is reported)
-  trap 'rm -rf "$work"; step "removed $work"' EXIT
+  # Removing the venv's few GB of torch & co. takes over a minute: done in the background.
+  trap '(rm -rf "$work" >/dev/null 2>&1 &); step "removing $work in the background"' EXIT
 fi
 step "working in $work with $("$py" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
 
