@@ -119,7 +119,7 @@ def run_budget(st: RulesStudy, setting: str, f: float, R: dict) -> None:
     # Random and oracle coresets ignore V: one set of cells serves both V variants.
     data = setting.removesuffix("-cv")
     out["random"] = st.random_accs(data, p, f)
-    if p["flipped"].any():
+    if p["flipped"].any() and (not st.args.only or "oracle" in st.args.only):
         clean = np.where(p["flipped"], np.nan, 0.0)  # NaN: never picked
         out["oracle"] = [st.retrain(data, f"oracle-f{f:g}-d{s}",
                                     st.coreset(p, clean, f, "random", seed=s), s,
@@ -129,9 +129,13 @@ def run_budget(st: RulesStudy, setting: str, f: float, R: dict) -> None:
     q_base = estimate_noise_rate(p[base], keep=METHODS[base].rule_keep)
     variants = [("eval_cld", "CLD", rule, None, "") for rule in RULES]
     variants += [("eval_cld", "CLD", "filtered", {"q": round(q_base, 4)}, f" (q from {base})")]
-    variants += [("eval_cld", "CLD", "filtered", {"q": q}, f" (q={q:g})") for q in SWEEP_Q]
+    if any(abs(f - s) < 1e-12 for s in st.args.sweep_at):
+        variants += [("eval_cld", "CLD", "filtered", {"q": q}, f" (q={q:g})") for q in SWEEP_Q]
     variants += [(base, base, rule, None, "") for rule in RULES]
+    only = st.args.only
     for score, label, rule, params, note in variants:
+        if only and f"{label} {rule}{note}" not in only:
+            continue
         try:
             idx, used, keep = rule_coreset(p, score, rule, f, params=params)
         except ValueError as exc:  # e.g. a quota above the class's scored samples
@@ -141,7 +145,10 @@ def run_budget(st: RulesStudy, setting: str, f: float, R: dict) -> None:
         tag = (f"{label}-{rule}{'' if keep == own else '-' + keep}-f{f:g}"
                + "".join(f"-{k}{v:g}" for k, v in (params or {}).items()))
         flip = float(np.isin(idx, p["train_idx"][p["flipped"]]).mean()) if p["flipped"].any() else 0.0
-        out[f"{label} {rule}{note}"] = {"accs": st.accs(setting, tag, idx), "params": used,
+        # A baseline's scores do not depend on V (the proxy's training is the same with a
+        # curated or a noisy V): one set of its cells serves both V variants.
+        where = setting if score == "eval_cld" else data
+        out[f"{label} {rule}{note}"] = {"accs": st.accs(where, tag, idx), "params": used,
                                         "flipped": flip}
 
 
@@ -233,6 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     ap.add_argument("--work", help="cell cache (default: benchmarks/_work/rules; --smoke: a temporary folder)")
     ap.add_argument("--test-subset", type=int, default=0, help="first N test images only (0: all)")
+    ap.add_argument("--sweep-at", default="0.1", help="budgets with the fixed-q sweep of CLD's "
+                    "filtered rule (default: %(default)s)")
+    ap.add_argument("--only", default="", help="comma-separated coreset names to run (e.g. "
+                    "'oracle,CLD top,CLD filtered,aum ccs'); random always runs; default: all")
+    ap.add_argument("--full", action="store_true", help="the whole training split (6,000 images "
+                    "per class) instead of the 1,000 per class subset; its own cache "
+                    "(benchmarks/_work/rules-full) and RESULTS section")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, for testing the script")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     ap.add_argument("--results", default=str(RESULTS))
@@ -245,7 +259,11 @@ def main(argv: list[str] | None = None) -> int:
             import tempfile
 
             args.work = tempfile.mkdtemp(prefix="cldfast-rules-smoke-")
-    args.work = args.work or str(HERE / "_work" / "rules")
+    if args.full:
+        args.n = 6000
+    args.work = args.work or str(HERE / "_work" / ("rules-full" if args.full else "rules"))
+    args.sweep_at = [float(x) for x in args.sweep_at.split(",") if x.strip()]
+    args.only = {x.strip() for x in args.only.split(",") if x.strip()}
     args.n_small = args.n
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]
     bad = [s for s in settings if s not in SETTINGS]
@@ -261,8 +279,13 @@ def main(argv: list[str] | None = None) -> int:
             run_budget(st, setting, f, R)
             body = report(R, st, (time.perf_counter() - t0) / 60)
             if not args.no_write:
-                write_section("rules", "Selection rules: which coreset beats random?",
-                              "python benchmarks/bench_rules.py", body, Path(args.results))
+                if args.full:
+                    write_section("rules-full", "Selection rules on the full training split",
+                                  "python benchmarks/bench_rules.py --full", body,
+                                  Path(args.results))
+                else:
+                    write_section("rules", "Selection rules: which coreset beats random?",
+                                  "python benchmarks/bench_rules.py", body, Path(args.results))
     print(report(R, st, (time.perf_counter() - t0) / 60))
     return 0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..selection.methods import METHODS
+from ..selection.rules import RULES
 from ..training.models import ARCHS
 from .common import (add_data, add_output, add_recipe, add_tracking, data_from_args, fractions,
                      positive_int, recipe_from_args, unit_interval)
@@ -27,6 +28,15 @@ def _strategies_arg(text: str) -> list[str]:
 
     try:
         return parse_strategies(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _rules_arg(text: str) -> list[str]:
+    from ..pipeline.bench import rule_strategies
+
+    try:
+        return rule_strategies(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -57,8 +67,14 @@ def register(sub):
                    help="retrainings per cell, seeds --seed + 0..N-1 (default: %(default)s)")
     p.add_argument("--strategies", type=_strategies_arg, default=["balanced"],
                    help="balanced (rank within each class, default), global (rank over all "
-                        "samples), ccs (coverage-centric stratified sampling, Zheng et al. 2023); "
+                        "samples), ccs (coverage-centric stratified sampling over all samples, "
+                        "Zheng et al. 2023), rule-<name> (a selection rule, as --rules); "
                         "comma-separated")
+    p.add_argument("--rules", type=_rules_arg, default=[], metavar="NAMES",
+                   help="selection rules applied to every method with a difficulty score, "
+                        "within each class, automatic parameters; comma-separated, from: "
+                        + ", ".join(RULES) + " (top is the balanced strategy; see `cldfast "
+                        "select --help` and docs/method.md)")
     p.add_argument("--proxy-arch", default="small-cnn", metavar="ARCH",
                    help=f"model that is tracked (default: %(default)s; named: {', '.join(ARCHS)})")
     p.add_argument("--arch", metavar="ARCH", help="model retrained on the coresets (default: --proxy-arch)")
@@ -85,11 +101,13 @@ def handle(args: argparse.Namespace) -> int:
     from ..pipeline.bench import bench
 
     result = bench(data_from_args(args), args.out, methods=args.methods, fractions=args.fractions,
-                   seeds=args.seeds, strategies=args.strategies, proxy_arch=args.proxy_arch,
+                   seeds=args.seeds, strategies=args.strategies + args.rules,
+                   proxy_arch=args.proxy_arch,
                    arch=args.arch, proxy_recipe=recipe_from_args(args, "proxy"),
                    recipe=recipe_from_args(args), val_fraction=args.val_fraction,
                    loss_source=args.loss_source, track_epochs=args.track_epochs,
-                   track_every=args.track_every, per_class=not args.global_val,
+                   track_every=args.track_every, track_from=args.track_from,
+                   per_class=not args.global_val,
                    precision=args.precision, el2n_epoch=args.el2n_epoch, ccs_beta=args.ccs_beta,
                    ccs_strata=args.ccs_strata, full=not args.no_full, full_seeds=args.full_seeds,
                    progress=not args.quiet)

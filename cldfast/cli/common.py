@@ -197,6 +197,11 @@ def add_tracking(p: argparse.ArgumentParser) -> None:
     g.add_argument("--track-every", type=positive_int, default=1, metavar="M",
                    help="use every M-th epoch as a checkpoint, counted back from the last "
                         "(default: %(default)s); in eval mode it divides the eval passes by M")
+    g.add_argument("--track-from", type=nonnegative_int, default=0, metavar="K",
+                   help="leave the first K epochs out of CLD: the first checkpoint is the end of "
+                        "epoch K+1, so the first K loss differences do not count (default: "
+                        "%(default)s, the paper's); shows how much of CLD comes from early "
+                        "training")
     g.add_argument("--global-val", action="store_true",
                    help="correlate with the mean validation loss over all classes instead of "
                         "the sample's own class")

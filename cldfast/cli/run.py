@@ -75,7 +75,7 @@ def handle(args: argparse.Namespace) -> int:
                  fractions=args.fractions, compare_fraction=args.compare_fraction,
                  val_fraction=args.val_fraction, loss_source=args.loss_source,
                  track_epochs=args.track_epochs, track_every=args.track_every,
-                 per_class=not args.global_val, precision=args.precision, seeds=args.seeds,
+                 track_from=args.track_from, per_class=not args.global_val, precision=args.precision, seeds=args.seeds,
                  resume=args.resume, jobs=run_jobs(args),
                  progress=not args.quiet, rules=args.rules)
     print(result.table)

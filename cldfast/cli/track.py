@@ -35,7 +35,8 @@ def handle(args: argparse.Namespace) -> int:
     sf, metrics = track(data_from_args(args), args.out, arch=args.arch,
                         recipe=recipe_from_args(args, "proxy"), val_fraction=args.val_fraction,
                         loss_source=args.loss_source, track_epochs=args.track_epochs,
-                        track_every=args.track_every, per_class=not args.global_val,
+                        track_every=args.track_every, track_from=args.track_from,
+                        per_class=not args.global_val,
                         precision=args.precision, resume=args.resume, progress=not args.quiet)
     if not is_main():
         return 0

@@ -17,8 +17,12 @@ Writes into ``out``:
   reference band).
 
 Strategies: ``balanced`` (rank within each class and keep ``round(f * n_c)``, the default),
-``global`` (rank over all samples) and ``ccs`` (coverage-centric stratified sampling over all
-samples, :func:`cldfast.selection.ccs_select`; not for random or the geometry methods).
+``global`` (rank over all samples), ``ccs`` (coverage-centric stratified sampling over all
+samples, :func:`cldfast.selection.ccs_select`; not for random or the geometry methods) and
+``rule-<name>`` for every selection rule beyond top-k (``rule-ccs``, ``rule-filtered``,
+``rule-band``, ``rule-beta``, ``rule-mix``: :func:`cldfast.selection.select_by_rule` over the
+method's score with automatic parameters, within each class; also not for random or the
+geometry methods).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from ..scores.final import make_final_scores
 from ..scores.recorders import default_el2n_epoch, recorders_for_training
 from ..selection.balanced import check_fractions
 from ..selection.methods import METHODS, STRATEGIES, applicable, canonical_method, select_for_method
+from ..selection.rules import RULES
 from ..training.models import model_name
 from ..training.recipe import Recipe, default_recipe
 from .report import bench_table, line_label, mean_std, plot_bench
@@ -75,8 +80,21 @@ def parse_methods(methods: str | Sequence[str]) -> list[str]:
     return out
 
 
+def _as_list(items: str | Sequence[str]) -> list[str]:
+    return items.split(",") if isinstance(items, str) else list(items)
+
+
+def rule_strategies(rules: str | Sequence[str]) -> list[str]:
+    """The strategies of selection rules: ``rule-<name>`` (``top`` is ``balanced``)."""
+    names = [str(r).strip().lower() for r in _as_list(rules) if str(r).strip()]
+    unknown = [r for r in names if r not in RULES]
+    if unknown:
+        raise ValueError(f"rules: unknown {unknown}; expected some of {', '.join(RULES)}")
+    return ["balanced" if r == "top" else f"rule-{r}" for r in names]
+
+
 def parse_strategies(strategies: str | Sequence[str]) -> list[str]:
-    items = strategies.split(",") if isinstance(strategies, str) else list(strategies)
+    items = _as_list(strategies)
     out: list[str] = []
     for s in (str(x).strip().lower() for x in items):
         if not s:
@@ -139,7 +157,8 @@ def _proxy(bundle: DatasetBundle, out: Path, cfg: dict[str, Any], methods: list[
     sf, metrics = track(bundle, out, arch=proxy_model, recipe=proxy_recipe,
                         val_fraction=cfg["val_fraction"], loss_source=cfg["loss_source"],
                         track_epochs=cfg["track_epochs"], track_every=cfg["track_every"],
-                        per_class=cfg["per_class"], precision=cfg["precision"], resume=True,
+                        track_from=cfg.get("track_from", 0), per_class=cfg["per_class"],
+                        precision=cfg["precision"], resume=True,
                         progress=progress, recorders=recorders, final_scores=final)
     costs["recorders"] = {r.name: {"seconds": r.seconds, "bytes": r.nbytes} for r in recorders}
     info = {"config": cfg, "metrics": {k: v for k, v in metrics.items() if k != "history"},
@@ -187,7 +206,8 @@ def bench(data: Any = None, out: str | Path = "cldfast-bench", *,
           proxy_arch: str = "small-cnn", arch: str | None = None,
           proxy_recipe: Recipe | None = None, recipe: Recipe | None = None,
           val_fraction: float = 0.1, loss_source: str = "eval", track_epochs: int | None = None,
-          track_every: int = 1, per_class: bool = True, precision: str = "float64",
+          track_every: int = 1, track_from: int = 0, per_class: bool = True,
+          precision: str = "float64", rules: Sequence[str] = (),
           el2n_epoch: int | None = None, ccs_beta: float = 0.1, ccs_strata: int = 50,
           full: bool = True, full_seeds: int | None = None, progress: bool = True) -> BenchResult:
     """Compare coreset methods from one proxy run; see the module docstring.
@@ -200,7 +220,10 @@ def bench(data: Any = None, out: str | Path = "cldfast-bench", *,
         fractions: coreset fractions in (0, 1].
         seeds: retrainings per cell (seed ``recipe.seed + s`` for s < seeds); random and CCS
             selections are drawn with the same seed.
-        strategies: ``balanced``, ``global``, ``ccs`` (see the module docstring).
+        strategies: ``balanced``, ``global``, ``ccs``, ``rule-<name>`` (see the module
+            docstring).
+        rules: selection rules (:data:`cldfast.selection.RULES`) added as ``rule-<name>``
+            strategies (``top`` is ``balanced``).
         proxy_arch / arch: the tracked model and the retrained one (default: the proxy's).
         proxy_recipe / recipe: training recipes of the proxy and of each retraining.
         el2n_epoch: 1-based epoch of EL2N (default :func:`cldfast.scores.default_el2n_epoch`).
@@ -217,7 +240,7 @@ def bench(data: Any = None, out: str | Path = "cldfast-bench", *,
     key = _dataset_key(data, bundle)
     out = Path(out)
     methods_l = parse_methods(methods)
-    strategies_l = parse_strategies(strategies)
+    strategies_l = parse_strategies(_as_list(strategies) + rule_strategies(rules))
     fracs = check_fractions(fractions)
     if int(seeds) < 1:
         raise ValueError(f"seeds must be >= 1; got {seeds}")
@@ -232,7 +255,7 @@ def bench(data: Any = None, out: str | Path = "cldfast-bench", *,
     # of cells on the embedded data stay those of workers=0.
     proxy_recipe, recipe = proxy_recipe.resolved(bundle.train), recipe.resolved(bundle.train)
     arch = arch if arch is not None else proxy_arch
-    stop = tracked_epochs(proxy_recipe.epochs, track_epochs, track_every)[-1] + 1
+    stop = tracked_epochs(proxy_recipe.epochs, track_epochs, track_every, track_from)[-1] + 1
     el2n = default_el2n_epoch(stop) if el2n_epoch is None else int(el2n_epoch)
     if not 1 <= el2n <= stop:
         raise ValueError(f"el2n_epoch must be in [1, {stop}] (the epochs the proxy trains); got {el2n_epoch}")
@@ -242,6 +265,8 @@ def bench(data: Any = None, out: str | Path = "cldfast-bench", *,
            "loss_source": loss_source, "track_epochs": track_epochs, "track_every": int(track_every),
            "per_class": bool(per_class), "precision": precision, "el2n_epoch": el2n,
            "proxy_epochs_trained": stop}
+    if track_from:  # only when set: the proxies cached by earlier versions keep their key
+        cfg["track_from"] = int(track_from)
     cfg = json.loads(json.dumps(cfg))  # tuples -> lists, as read back from proxy.json
     sf, proxy_info = _proxy(bundle, out, cfg, methods_l, strategies_l, fracs[-1], proxy_recipe, progress,
                             proxy_model=proxy_arch)

@@ -123,27 +123,35 @@ def _split(bundle: DatasetBundle, val_fraction: float, seed: int) -> tuple[np.nd
     return split_train_val(bundle.train_targets, val_fraction, seed)
 
 
-def tracked_epochs(epochs: int, track_epochs: int | None, track_every: int) -> list[int]:
+def tracked_epochs(epochs: int, track_epochs: int | None, track_every: int,
+                   track_from: int = 0) -> list[int]:
     """0-based epochs whose end is a CLD checkpoint: every ``track_every``-th of the first
     ``track_epochs`` (default: all), counted from the last one backwards so the final
-    tracked epoch is always a checkpoint."""
+    tracked epoch is always a checkpoint, leaving out the first ``track_from`` epochs (so
+    their loss differences do not feed CLD: the first checkpoint is the end of epoch
+    ``track_from + 1`` or later)."""
     k = epochs if track_epochs is None else int(track_epochs)
     if not 1 <= k <= epochs:
         raise ValueError(f"track_epochs must be in [1, epochs={epochs}]; got {track_epochs}")
     if int(track_every) < 1:
         raise ValueError(f"track_every must be >= 1; got {track_every}")
-    chosen = list(range(k - 1, -1, -int(track_every)))[::-1]
+    if not 0 <= int(track_from) < k:
+        raise ValueError(f"track_from must be in [0, {k - 1}] (fewer than the {k} tracked "
+                         f"epochs); got {track_from}")
+    chosen = list(range(k - 1, int(track_from) - 1, -int(track_every)))[::-1]
     if len(chosen) < 3:
         log.warning("only %d checkpoints feed CLD (need at least 3 for a score); raise "
-                    "track_epochs (--track-epochs) or lower track_every (--track-every)", len(chosen))
+                    "track_epochs (--track-epochs), lower track_every (--track-every) or "
+                    "track_from (--track-from)", len(chosen))
     return chosen
 
 
 def track(data: DataSpec | DatasetBundle | str | None, out: str | Path, *,
           arch: Any = "small-cnn", model: Any = None,
           recipe: Recipe | None = None, val_fraction: float = 0.1, loss_source: str = "eval",
-          track_epochs: int | None = None, track_every: int = 1, per_class: bool = True,
-          precision: str = "float64", resume: bool = False, progress: bool = True,
+          track_epochs: int | None = None, track_every: int = 1, track_from: int = 0,
+          per_class: bool = True, precision: str = "float64", resume: bool = False,
+          progress: bool = True,
           recorders: Sequence[BatchRecorder] = (),
           final_scores: Callable[[Any, DatasetBundle, np.ndarray], dict[str, np.ndarray]] | None = None,
           ) -> tuple[ScoresFile, dict[str, Any]]:
@@ -167,7 +175,7 @@ def track(data: DataSpec | DatasetBundle | str | None, out: str | Path, *,
     if val_idx.size == 0:
         raise ValueError(f"val_fraction={val_fraction} leaves no validation samples; CLD needs some")
     labels = bundle.train_targets[train_idx]
-    epochs = tracked_epochs(recipe.epochs, track_epochs, track_every)
+    epochs = tracked_epochs(recipe.epochs, track_epochs, track_every, track_from)
     device = recipe.resolved_device()
     tracker = CLDTracker(labels, bundle.train_targets[val_idx], per_class=per_class, device=device,
                          precision=precision, num_classes=bundle.num_classes,
@@ -714,7 +722,8 @@ def run(data: DataSpec | DatasetBundle | str | None = None, out: str | Path = "c
         recipe: Recipe | None = None, fractions: Sequence[float] = DEFAULT_FRACTIONS,
         compare_fraction: float | None = None, val_fraction: float = 0.1,
         loss_source: str = "eval", track_epochs: int | None = None, track_every: int = 1,
-        per_class: bool = True, precision: str = "float64", seeds: int = 2, resume: bool = False,
+        track_from: int = 0, per_class: bool = True, precision: str = "float64", seeds: int = 2,
+        resume: bool = False,
         jobs: int | str | None = 1, progress: bool = True,
         rules: Sequence[str] = ()) -> RunResult:
     """The whole pipeline: track a proxy, select CLD and random coresets at ``fractions``
@@ -755,7 +764,8 @@ def run(data: DataSpec | DatasetBundle | str | None = None, out: str | Path = "c
     scores, track_metrics = track(bundle, out, arch=proxy_arch, recipe=proxy_recipe,
                                   val_fraction=val_fraction, loss_source=loss_source,
                                   track_epochs=track_epochs, track_every=track_every,
-                                  per_class=per_class, precision=precision, resume=resume,
+                                  track_from=track_from, per_class=per_class,
+                                  precision=precision, resume=resume,
                                   progress=progress)
     cells = []
     for s in range(seeds):

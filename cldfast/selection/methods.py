@@ -16,11 +16,16 @@ import numpy as np
 
 from ..io import ScoresFile
 from .balanced import ccs_select, check_fraction, class_quotas, select
+from .rules import RULES, select_by_rule
 
-__all__ = ["MethodInfo", "METHODS", "canonical_method", "STRATEGIES", "applicable", "score_array",
-           "select_for_method"]
+__all__ = ["MethodInfo", "METHODS", "canonical_method", "STRATEGIES", "RULE_STRATEGIES",
+           "applicable", "score_array", "select_for_method"]
 
-STRATEGIES = ("balanced", "global", "ccs")
+#: ``rule-<name>``: a class-balanced coreset by the selection rule ``<name>``
+#: (:mod:`cldfast.selection.rules`, automatic parameters) over the method's score; the
+#: ``top`` rule is ``balanced``.
+RULE_STRATEGIES = tuple(f"rule-{name}" for name in RULES if name != "top")
+STRATEGIES = ("balanced", "global", "ccs") + RULE_STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -92,8 +97,10 @@ def canonical_method(name: str) -> str:
 
 
 def applicable(method: str, strategy: str) -> bool:
-    """Whether ``strategy`` makes sense for ``method`` (CCS needs a difficulty score)."""
-    return not (strategy == "ccs" and METHODS[canonical_method(method)].hard is None)
+    """Whether ``strategy`` makes sense for ``method`` (CCS and the selection rules need a
+    difficulty score: not random, not the geometry methods' pick orders)."""
+    needs_score = strategy == "ccs" or strategy in RULE_STRATEGIES
+    return not (needs_score and METHODS[canonical_method(method)].hard is None)
 
 
 def score_array(sf: ScoresFile, method: str, *, global_order: bool = False,
@@ -124,14 +131,16 @@ def select_for_method(sf: ScoresFile, method: str, strategy: str, fraction: floa
     ``balanced`` / ``global``: rank by the method's score and keep ``order`` (default: the
     method's own end, :data:`METHODS`), within each class or over all samples; random draws
     uniformly (seeded). ``ccs``: :func:`cldfast.selection.ccs_select` with the method's hard
-    end. Geometry methods use their stored pick order (``<name>_global`` for ``global``).
+    end. ``rule-<name>``: :func:`cldfast.selection.select_by_rule` with automatic parameters,
+    treating the end away from the method's hard end as best (:attr:`MethodInfo.rule_keep`).
+    Geometry methods use their stored pick order (``<name>_global`` for ``global``).
     """
     info = METHODS[canonical_method(method)]
     fraction = check_fraction(fraction)
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
     if not applicable(info.name, strategy):
-        raise ValueError(f"strategy 'ccs' needs a difficulty score; {info.name} has none")
+        raise ValueError(f"strategy {strategy!r} needs a difficulty score; {info.name} has none")
     balanced = strategy != "global"
     if info.kind == "random":
         return select(np.zeros(sf.labels.shape[0]), sf.labels, fraction=fraction, order="random",
@@ -144,6 +153,9 @@ def select_for_method(sf: ScoresFile, method: str, strategy: str, fraction: floa
         if int(np.isfinite(scores).sum()) < need:
             raise ValueError(f"{info.key} holds picks for a smaller fraction than {fraction}; "
                              "re-run the bench proxy with this fraction")
+    if strategy in RULE_STRATEGIES:
+        return select_by_rule(scores, sf.labels, rule=strategy[len("rule-"):], fraction=fraction,
+                              keep=info.rule_keep, seed=seed, dataset_indices=sf.train_indices)
     if strategy == "ccs":
         return ccs_select(scores, sf.labels, fraction=fraction, hard=info.hard, beta=ccs_beta,
                           strata=ccs_strata, dataset_indices=sf.train_indices, seed=seed)

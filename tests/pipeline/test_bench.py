@@ -143,7 +143,8 @@ def test_bench_help_and_argument_errors(capsys):
         parser.parse_args(["bench", "--help"])
     text = capsys.readouterr().out
     for word in ("--methods", "--fractions", "--seeds", "--strategies", "--ccs-beta", "--el2n-epoch",
-                 "--proxy-arch", "--arch", "--val-fraction", "--out", "forgetting (top)", "aum (bottom)"):
+                 "--proxy-arch", "--arch", "--val-fraction", "--out", "forgetting (top)", "aum (bottom)",
+                 "--rules", "rule-<name>", "--track-from"):
         assert word in text
     with pytest.raises(SystemExit):
         parser.parse_args(["bench", "--methods", "cld,glister"])
@@ -151,6 +152,12 @@ def test_bench_help_and_argument_errors(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["bench", "--strategies", "stratified"])
     assert "unknown strategy" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--rules", "ccs,median"])
+    assert "rules: unknown ['median']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--track-from", "-1"])
+    assert "--track-from" in capsys.readouterr().err
 
 
 def test_select_for_method_uses_each_methods_end(bench_out):
@@ -171,6 +178,34 @@ def test_select_for_method_uses_each_methods_end(bench_out):
         select_for_method(sf, "kcenter", "balanced", 0.9)
     with pytest.raises(ValueError, match="ccs"):
         select_for_method(sf, "random", "ccs", 0.2)
+
+
+def test_rule_strategies_over_a_stored_baseline(bench_out):
+    """``rule-<name>`` strategies: class-balanced quotas, the hard end of the method's score
+    dropped by ``filtered`` (AUM: its low end), deterministic per seed; not for random or the
+    geometry methods."""
+    from cldfast.selection import auto_params
+
+    sf = load_scores(bench_out / "scores.npz")
+    aum = sf.extra["aum"]
+    quotas = class_quotas(sf.labels, fraction=0.3)
+    q = auto_params("filtered", aum, sf.labels, fraction=0.3, keep="top")["q"]
+    for rule in ("rule-ccs", "rule-filtered", "rule-band", "rule-beta", "rule-mix"):
+        idx = select_for_method(sf, "aum", rule, 0.3, seed=5)
+        np.testing.assert_array_equal(idx, select_for_method(sf, "aum", rule, 0.3, seed=5))
+        pos = np.searchsorted(sf.train_indices, idx)
+        assert np.array_equal(sf.train_indices[pos], idx)
+        got = {int(c): int(n) for c, n in zip(*np.unique(sf.labels[pos], return_counts=True))}
+        assert got == {int(c): int(n) for c, n in quotas.items() if n}
+        if rule == "rule-filtered":
+            for c in quotas:  # none of the floor(q n_c) lowest AUM of a class (plain numpy)
+                members = np.flatnonzero(sf.labels == c)
+                n_drop = min(int(np.floor(q * members.size)), members.size - quotas[c])
+                worst = members[np.argsort(aum[members], kind="stable")[:n_drop]]
+                assert not np.isin(worst, pos).any()
+    for method in ("random", "kcenter"):
+        with pytest.raises(ValueError, match="rule-filtered.*difficulty score"):
+            select_for_method(sf, method, "rule-filtered", 0.3)
 
 
 class DeepCoreLike(torch.utils.data.Dataset):

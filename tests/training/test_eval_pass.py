@@ -293,6 +293,35 @@ def test_first_half_tracking_equals_replaying_first_half(digits, tmp_path):
     np.testing.assert_allclose(sf.scores, expected, rtol=0, atol=1e-9)
 
 
+def test_track_from_leaves_out_the_first_differences(digits, tmp_path):
+    """``track_from=2``: the first checkpoint is the end of epoch 3, so CLD is the reference of
+    the trajectories' rows 2.. of the same run, which differs from the every-epoch score; the
+    scores file names the checkpoints."""
+    train_idx, val_idx = split_train_val(digits.train_targets, 0.1, 0)
+    labels, val_labels = digits.train_targets[train_idx], digits.train_targets[val_idx]
+    recipe = Recipe(epochs=6, batch_size=64, lr=0.05, device="cpu")
+    full = _RecordingTracker(labels, val_labels, num_classes=digits.num_classes)
+    full._val_labels_np = val_labels
+    fit(digits, train_idx, "small-cnn", recipe, tracking=Tracking(full, "eval", val_idx, list(range(6))),
+        evaluate_test=False, progress=False)
+    sf, _ = track(digits, tmp_path, recipe=recipe, track_from=2, progress=False)
+    rows, val_rows = np.stack(full.train_rows), np.stack(full.val_rows)
+    expected = cld_reference_dense(rows[2:], val_rows[2:], labels, val_labels)
+    np.testing.assert_allclose(sf.scores, expected, rtol=0, atol=1e-9)
+    every = cld_reference_dense(rows, val_rows, labels, val_labels)
+    assert np.abs(every - expected).max() > 1e-3
+    assert sf.metadata["tracked_epochs"] == [3, 4, 5, 6]
+
+
+def test_tracked_epochs_track_from_combinations_and_errors():
+    assert tracked_epochs(10, None, 1, 3) == [3, 4, 5, 6, 7, 8, 9]
+    assert tracked_epochs(10, 8, 2, 2) == [3, 5, 7]  # every 2nd of the first 8, counted back
+    assert tracked_epochs(10, None, 3, 0) == [0, 3, 6, 9]
+    for bad in (-1, 10):
+        with pytest.raises(ValueError, match=rf"track_from must be in \[0, 9\].*got {bad}"):
+            tracked_epochs(10, None, 1, bad)
+
+
 def test_pipeline_track_defaults_to_eval_mode(digits, tmp_path):
     sf, metrics = track(digits, tmp_path, recipe=Recipe(epochs=3, batch_size=64, device="cpu"),
                         progress=False)
