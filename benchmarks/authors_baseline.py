@@ -40,6 +40,7 @@ import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,9 +49,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cldfast.data import DatasetBundle, IndexedSubset, make_loader
-from cldfast.training.models import build_model
-from cldfast.training import Recipe
-from cldfast.training.loop import _epoch_seed, _seed_everything
+from cldfast.training import Recipe, build_model
+from cldfast.training.seeding import epoch_seed, seed_everything
 
 __all__ = ["get_train_validation_losses", "collect_losses", "compute_cld_scores",
            "simulate_stored_results", "CollectResult"]
@@ -145,6 +145,78 @@ class CollectResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+@dataclass
+class _Loop:
+    """What the authors' main loop holds: model, optimiser, schedule and loaders."""
+
+    device: torch.device
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_set: IndexedSubset
+    eval_train_loader: Any
+    validation_loader: Any
+    test_loader: Any
+
+
+def _set_up(bundle: DatasetBundle, train_indices: np.ndarray, val_indices: np.ndarray, arch: str,
+            recipe: Recipe, eval_bs: int) -> _Loop:
+    device = recipe.resolved_device()
+    seed_everything(recipe.seed)
+    model = build_model(arch, bundle.num_classes, bundle.input_shape).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                weight_decay=recipe.weight_decay,
+                                nesterov=recipe.nesterov and recipe.momentum > 0)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, recipe.resolved_milestones(),
+                                                     recipe.gamma)
+    return _Loop(device, model, optimizer, scheduler, IndexedSubset(bundle.train, train_indices),
+                 make_loader(IndexedSubset(bundle.train_eval, train_indices), eval_bs,
+                             shuffle=False, num_workers=recipe.workers),
+                 make_loader(IndexedSubset(bundle.train_eval, val_indices), eval_bs,
+                             shuffle=False, num_workers=recipe.workers),
+                 make_loader(IndexedSubset(bundle.test, np.arange(len(bundle.test_targets))),
+                             eval_bs, shuffle=False, num_workers=recipe.workers))
+
+
+def _save_best(loop: _Loop, out_dir: Path, arch: str, seed: int, epoch_no: int, acc: float) -> None:
+    ckpt = out_dir / "Checkpoint" / f"checkpoint_{arch}_seed{seed}.pth.tar"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"epoch": epoch_no + 1, "state_dict": loop.model.state_dict(), "acc": acc,
+                "best_acc": acc, "optimizer": loop.optimizer.state_dict()}, ckpt)
+
+
+def _run_epoch(loop: _Loop, bundle: DatasetBundle, recipe: Recipe, epoch_no: int,
+               stored_results: dict[str, list], result: "CollectResult",
+               test_every_epoch: bool) -> dict[str, float]:
+    """One epoch of the authors' loop: training, optional test, the loss collection."""
+    t0 = time.perf_counter()
+    # Same shuffling and augmentation stream as cldfast.training.fit.
+    torch.manual_seed(epoch_seed(recipe.seed, epoch_no))
+    train_loader = make_loader(loop.train_set, recipe.batch_size, shuffle=True,
+                               num_workers=recipe.workers, seed=epoch_seed(recipe.seed, epoch_no))
+    train_loss, train_acc = _train_epoch(train_loader, loop.model, loop.optimizer, loop.device,
+                                         bundle.num_classes)
+    t1 = time.perf_counter()
+    entry = {"epoch": epoch_no + 1, "train_loss": train_loss, "train_acc": train_acc / 100}
+    if test_every_epoch:
+        _test_loss, test_acc = _test_epoch(loop.test_loader, loop.model, loop.device)
+        entry["test_acc"] = test_acc
+    loop.scheduler.step()
+    t2 = time.perf_counter()
+    tr, val, tr_lbl, val_lbl = get_train_validation_losses(loop.model, loop.eval_train_loader,
+                                                           loop.validation_loader, loop.device)
+    stored_results["epoch"].append(epoch_no)
+    stored_results["tr_loss"].append(tr)
+    stored_results["val_loss"].append(val)
+    stored_results["tr_lbl"].append(tr_lbl)
+    stored_results["val_lbl"].append(val_lbl)
+    result.extra_forward_passes += 1
+    t3 = time.perf_counter()
+    result.train_seconds += t1 - t0
+    result.collect_seconds += t3 - t2
+    return entry
+
+
 def collect_losses(bundle: DatasetBundle, train_indices: np.ndarray, val_indices: np.ndarray,
                    arch: str, recipe: Recipe, out_dir: str | os.PathLike, *,
                    test_every_epoch: bool = False, test_batch_size: int | None = None
@@ -163,23 +235,9 @@ def collect_losses(bundle: DatasetBundle, train_indices: np.ndarray, val_indices
     """
     recipe.check()
     recipe = recipe.resolved(bundle.train)  # workers="auto": 0 on the in-memory data, as before
-    device = recipe.resolved_device()
     out_dir = Path(out_dir)
-    eval_bs = int(test_batch_size or recipe.eval_batch_size)
-    _seed_everything(recipe.seed)
-    model = build_model(arch, bundle.num_classes, bundle.input_shape).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                weight_decay=recipe.weight_decay,
-                                nesterov=recipe.nesterov and recipe.momentum > 0)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, recipe.resolved_milestones(),
-                                                     recipe.gamma)
-    train_set = IndexedSubset(bundle.train, train_indices)
-    eval_train_loader = make_loader(IndexedSubset(bundle.train_eval, train_indices), eval_bs,
-                                    shuffle=False, num_workers=recipe.workers)
-    validation_loader = make_loader(IndexedSubset(bundle.train_eval, val_indices), eval_bs,
-                                    shuffle=False, num_workers=recipe.workers)
-    test_loader = make_loader(IndexedSubset(bundle.test, np.arange(len(bundle.test_targets))),
-                              eval_bs, shuffle=False, num_workers=recipe.workers)
+    loop = _set_up(bundle, train_indices, val_indices, arch, recipe,
+                   int(test_batch_size or recipe.eval_batch_size))
     stored_results: dict[str, list] = {"epoch": [], "tr_loss": [], "val_loss": [],
                                        "tr_lbl": [], "val_lbl": []}
     result = CollectResult(loss_path=Path(), seconds=0.0, train_seconds=0.0, collect_seconds=0.0,
@@ -189,41 +247,14 @@ def collect_losses(bundle: DatasetBundle, train_indices: np.ndarray, val_indices
     t_start = time.perf_counter()
     for epoch_no in range(recipe.epochs):
         t0 = time.perf_counter()
-        # Same shuffling and augmentation stream as cldfast.training.fit.
-        torch.manual_seed(_epoch_seed(recipe.seed, epoch_no))
-        train_loader = make_loader(train_set, recipe.batch_size, shuffle=True,
-                                   num_workers=recipe.workers, seed=_epoch_seed(recipe.seed, epoch_no))
-        train_loss, train_acc = _train_epoch(train_loader, model, optimizer, device,
-                                             bundle.num_classes)
-        t1 = time.perf_counter()
-        entry = {"epoch": epoch_no + 1, "train_loss": train_loss, "train_acc": train_acc / 100}
-        if test_every_epoch:
-            _test_loss, test_acc = _test_epoch(test_loader, model, device)
-            entry["test_acc"] = test_acc
-        scheduler.step()
-        t2 = time.perf_counter()
-        tr, val, tr_lbl, val_lbl = get_train_validation_losses(model, eval_train_loader,
-                                                               validation_loader, device)
-        stored_results["epoch"].append(epoch_no)
-        stored_results["tr_loss"].append(tr)
-        stored_results["val_loss"].append(val)
-        stored_results["tr_lbl"].append(tr_lbl)
-        stored_results["val_lbl"].append(val_lbl)
-        result.extra_forward_passes += 1
-        t3 = time.perf_counter()
+        entry = _run_epoch(loop, bundle, recipe, epoch_no, stored_results, result, test_every_epoch)
         if test_every_epoch and entry["test_acc"] > best_acc:
             best_acc = entry["test_acc"]
-            ckpt = out_dir / "Checkpoint" / f"checkpoint_{arch}_seed{recipe.seed}.pth.tar"
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"epoch": epoch_no + 1, "state_dict": model.state_dict(),
-                        "acc": entry["test_acc"], "best_acc": best_acc,
-                        "optimizer": optimizer.state_dict()}, ckpt)
-        result.train_seconds += t1 - t0
-        result.collect_seconds += t3 - t2
+            _save_best(loop, out_dir, arch, recipe.seed, epoch_no, best_acc)
         entry["seconds"] = time.perf_counter() - t0
         result.history.append(entry)
     result.training_end = time.perf_counter()
-    _test_loss, result.test_accuracy = _test_epoch(test_loader, model, device)
+    _test_loss, result.test_accuracy = _test_epoch(loop.test_loader, loop.model, loop.device)
 
     t_pickle = time.perf_counter()
     scores_dir = out_dir / "Scores"

@@ -42,60 +42,35 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from _common import (auroc, first_learned, first_items, ms, read_npz, relabeled,  # noqa: E402,F401
+                     set_threads, spearman, within_class_spearman, write_npz, write_text)
 from _results import RESULTS, markdown_table, write_section  # noqa: E402
 
-from cldfast import CLDTracker  # noqa: E402
+from cldfast import CLDTracker, cld_from_trajectories  # noqa: E402
+from cldfast.data import load_dataset, split_train_val  # noqa: E402
 from cldfast.scores import AUMRecorder, EL2NRecorder, ForgettingRecorder  # noqa: E402
-from cldfast.data import InMemoryImageDataset, load_dataset, split_train_val  # noqa: E402
+from cldfast.scores.trajectory import TrajectoryTracker  # noqa: E402
 from cldfast.selection import select  # noqa: E402
 from cldfast.training import Recipe, Tracking, fit  # noqa: E402
 
 PARTS = ("noise", "subsample", "length", "schedule", "harder", "budget")
-LN2 = math.log(2.0)
+NUM_CLASSES = 10  # Fashion-MNIST (the smoke run: digits)
+# Also imported by bench_rules.py from here: Study, relabeled, ms, auroc, first_learned,
+# spearman, within_class_spearman (the last five live in _common).
 
 
 # ------------------------------------------------------------------ recorders
-class TrajectoryTracker(CLDTracker):
-    """CLDTracker that also keeps every checkpoint's eval-mode losses (float32)."""
-
-    def __init__(self, labels, val_labels, num_classes):
-        super().__init__(labels, val_labels, num_classes=num_classes)
-        self.rows: list[np.ndarray] = []
-        self.val_rows: list[np.ndarray] = []
-        self._row = np.full(len(labels), np.nan, dtype=np.float32)
-        self._q = len(val_labels)
-
-    def record(self, positions, losses=None, **kw):
-        self._row[np.asarray(positions)] = np.asarray(losses, dtype=np.float32)
-        return super().record(positions, losses, **kw)
-
-    def record_validation(self, losses, positions=None):
-        row = np.full(self._q, np.nan, dtype=np.float32)
-        row[np.arange(self._q) if positions is None else np.asarray(positions)] = np.asarray(losses)
-        self.val_rows.append(row)
-        return super().record_validation(losses, positions)
-
-    def end_epoch(self):
-        self.rows.append(self._row.copy())
-        self._row[:] = np.nan
-        return super().end_epoch()
-
-
 class TrainLossRecorder:
     """Train-mode CLD inside an eval-mode run: records every training batch's per-sample
     cross-entropy into its own tracker, and closes each epoch against the per-class
@@ -127,6 +102,9 @@ class TrainLossRecorder:
     def scores(self) -> dict[str, np.ndarray]:
         return {}
 
+    def score_arrays(self) -> dict[str, np.ndarray]:
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -134,78 +112,11 @@ class TrainLossRecorder:
         pass
 
 
-# ------------------------------------------------------------------ math
-def cld_dense(train_losses: np.ndarray, val_losses: np.ndarray, labels: np.ndarray,
-              val_labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """CLD of stored trajectories ([T, N], [T, Q]): population Pearson of first differences
-    with the class's mean validation loss; 0 for a zero variance; NaN for T < 3."""
-    if train_losses.shape[0] < 3:
-        return np.full(train_losses.shape[1], np.nan)
-    L = train_losses.astype(np.float64)
-    V = val_losses.astype(np.float64)
-    y = np.stack([V[:, val_labels == c].mean(1) for c in range(num_classes)], 1)  # [T, C]
-    dx = np.diff(L, axis=0)
-    dy = np.diff(y, axis=0)[:, labels]
-    dx -= dx.mean(0)
-    dy -= dy.mean(0)
-    vx, vy, cov = (dx * dx).mean(0), (dy * dy).mean(0), (dx * dy).mean(0)
-    ok = (vx > 0) & (vy > 0)
-    return np.where(ok, cov / np.sqrt(np.where(ok, vx * vy, 1.0)), 0.0)
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    ok = np.isfinite(a) & np.isfinite(b)
-    return float(spearmanr(a[ok], b[ok]).statistic)
-
-
-def within_class_spearman(a, b, labels) -> float:
-    return float(np.mean([spearman(a[labels == c], b[labels == c]) for c in np.unique(labels)]))
-
-
-def auroc(score: np.ndarray, positive: np.ndarray) -> float:
-    """P(score of a positive > score of a negative), ties counted 1/2 (Mann-Whitney)."""
-    from scipy.stats import rankdata
-
-    ok = np.isfinite(score)
-    s, p = score[ok], positive[ok].astype(bool)
-    r = rankdata(s)
-    n1, n0 = int(p.sum()), int((~p).sum())
-    return float((r[p].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
-
-
-def first_learned(train_losses: np.ndarray) -> np.ndarray:
-    """1-based checkpoint from which a sample's eval loss stays below ln 2 (its label's
-    probability > 1/2, so it is classified correctly) to the end; T + 1 if never."""
-    ok = train_losses < LN2
-    stays = np.flip(np.logical_and.accumulate(np.flip(ok, 0), 0), 0)
-    T = train_losses.shape[0]
-    return np.where(stays.any(0), stays.argmax(0) + 1, T + 1)
-
-
-def ms(xs) -> str:
-    xs = list(xs)
-    if not xs:
-        return "n/a"
-    if len(xs) == 1:
-        return f"{xs[0]:.2f} (1 seed)"
-    return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}"
-
-
 # ------------------------------------------------------------------ study
-def relabeled(full, labels: np.ndarray, tag: str):
-    """``full`` with its training labels replaced by ``labels`` (same images, same
-    augmentation), fingerprinted ``<full>-<tag>``."""
-    ds = full.train_eval
-    mean, std = ds.mean.flatten().tolist(), ds.std.flatten().tolist()
-    train_eval = InMemoryImageDataset(ds.images, labels, mean, std, max_value=ds.max_value)
-    train = train_eval.with_augmentation(flip=full.train.flip, crop_padding=full.train.crop_padding)
-    return replace(full, train=train, train_eval=train_eval, train_targets=labels,
-                   fingerprint=f"{full.fingerprint}-{tag}")
-
-
 class Study:
+    """The study's data settings and its cell cache: proxy runs (.npz) and retrainings
+    (.json) under ``args.work``, each computed once."""
+
     def __init__(self, args):
         self.args = args
         self.work = Path(args.work)
@@ -215,11 +126,7 @@ class Study:
         # dataset-fashion-mnist package; the study itself is of Fashion-MNIST.
         self.full = load_dataset("auto" if args.smoke else "fashion-mnist")
         if args.test_subset:
-            t = self.full.test
-            cut = InMemoryImageDataset(t.images[:args.test_subset], t.targets[:args.test_subset],
-                                       t.mean.flatten().tolist(), t.std.flatten().tolist(),
-                                       max_value=t.max_value)
-            self.full = replace(self.full, test=cut, test_targets=self.full.test_targets[:args.test_subset])
+            self.full = first_items(self.full, test=args.test_subset)
         self._bundles: dict[str, Any] = {}
         self.retrain_seeds = list(range(args.seeds))
 
@@ -233,14 +140,14 @@ class Study:
         rng = np.random.default_rng(1234)
         targets = self.full.train_targets
         chosen = np.sort(np.concatenate([rng.choice(np.flatnonzero(targets == c), per_class,
-                                                    replace=False) for c in range(10)]))
+                                                    replace=False) for c in range(NUM_CLASSES)]))
         bundle = self.full
         noisy = targets.copy()
         if name == "noise20":
             rng_n = np.random.default_rng(2024)
             flip = rng_n.choice(chosen, int(round(0.2 * chosen.size)), replace=False)
             # symmetric: uniformly one of the 9 other classes
-            noisy[flip] = (targets[flip] + rng_n.integers(1, 10, flip.size)) % 10
+            noisy[flip] = (targets[flip] + rng_n.integers(1, NUM_CLASSES, flip.size)) % NUM_CLASSES
             bundle = relabeled(self.full, noisy, "noise20")
         sub_t, sub_v = split_train_val(noisy[chosen], 0.1, 0)
         train_idx, val_idx = chosen[sub_t], chosen[sub_v]
@@ -253,14 +160,18 @@ class Study:
         key = f"{setting}-{schedule}-e{epochs}-s{seed}"
         path = self.work / "proxy" / f"{key}.npz"
         if path.exists():
-            with np.load(path) as z:
-                out = {k: z[k] for k in z.files}
-            out["meta"] = json.loads(str(out["meta"]))
-            return out
+            return read_npz(path, json_keys=["meta"])
+        out = self._run_proxy(setting, epochs, seed, schedule, key)
+        write_npz(path, {**{k: v for k, v in out.items() if k != "meta"},
+                         "meta": json.dumps(out["meta"])})
+        return out
+
+    def _run_proxy(self, setting: str, epochs: int, seed: int, schedule: str, key: str) -> dict:
+        """One eval-mode proxy run: both estimators' CLD, the baselines, the trajectories."""
         bundle, train_idx, val_idx, flipped = self.setting(setting)
         labels, val_labels = bundle.train_targets[train_idx], bundle.train_targets[val_idx]
         n = train_idx.size
-        tracker = TrajectoryTracker(labels, val_labels, bundle.num_classes)
+        tracker = TrajectoryTracker(labels, val_labels, num_classes=bundle.num_classes)
         train_rec = TrainLossRecorder(labels, bundle.num_classes, tracker)
         base = [ForgettingRecorder(n), AUMRecorder(n), EL2NRecorder(n, max(2, round(0.1 * epochs)))]
         recipe = Recipe(epochs=epochs, device="cpu", seed=seed, schedule=schedule)
@@ -274,7 +185,7 @@ class Study:
         extra: dict[str, np.ndarray] = {}
         for r in base:
             extra.update(r.scores())
-        out = {"eval_losses": np.stack(tracker.rows), "val_losses": np.stack(tracker.val_rows),
+        out = {"eval_losses": tracker.train_losses(), "val_losses": tracker.val_losses(),
                "eval_cld": tracker.scores().double().numpy(),
                "train_cld": train_rec.tracker.scores().double().numpy(),
                "aum": extra["aum"], "forgetting": extra["forgetting"], "el2n": extra["el2n"],
@@ -283,9 +194,6 @@ class Study:
                "lr": np.array([h["lr"] for h in res.history])}
         out["meta"] = {"seconds": seconds, "test_accuracy": res.test_accuracy,
                        "tracking_seconds": res.tracking_seconds}
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **{k: v for k, v in out.items() if k != "meta"}, meta=json.dumps(out["meta"]))
-        os.replace(tmp, path)
         return out
 
     # ---- retraining cells
@@ -302,9 +210,7 @@ class Study:
         flip_share = float(np.isin(idx, train_idx[flipped]).mean()) if flipped.any() else 0.0
         out = {"key": key, "accuracy": 100 * res.test_accuracy, "samples": int(idx.size),
                "seconds": time.perf_counter() - t0, "flipped_share": flip_share}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(out))
-        os.replace(tmp, path)
+        write_text(path, json.dumps(out))
         return out
 
     def accs(self, setting, tag, idx, epochs=None, seeds=None) -> list[float]:
@@ -376,7 +282,8 @@ def _variants(p: dict, T: int) -> dict[str, np.ndarray]:
                        ("every 2nd epoch", list(range(T - 1, -1, -2))[::-1]),
                        ("every 4th epoch", list(range(T - 1, -1, -4))[::-1]),
                        ("first half, every epoch", list(range(T // 2)))):
-        out[name] = (rows, cld_dense(L[rows], V[rows], p["labels"], p["val_labels"], 10))
+        out[name] = (rows, cld_from_trajectories(L[rows], V[rows], p["labels"], p["val_labels"],
+                                                 num_classes=NUM_CLASSES))
     return out
 
 
@@ -453,7 +360,8 @@ def part_schedule(st: Study, R: dict) -> None:
                               f"{100 * (learned[q] > T).mean():.1f} %",
                               f"{L[-1, q].mean():.3f}", f"{L[:, q].mean():.3f}"])
         V = p["val_losses"]
-        traj[sched] = (np.stack([V[:, p["val_labels"] == c].mean(1) for c in range(10)], 1), p["lr"])
+        traj[sched] = (np.stack([V[:, p["val_labels"] == c].mean(1) for c in range(NUM_CLASSES)], 1),
+                       p["lr"])
     rnd = {f: ms(st.random_accs("clean", st.proxy("clean", T, 0), f)) for f in (0.1, 0.3)}
     rows.append(["random (for reference)", "", rnd[0.1], rnd[0.3]])
     plot = (Path(st.args.work) if st.args.no_write else HERE.parent / "docs") / "fidelity_val_trajectories.png"
@@ -521,9 +429,9 @@ def part_budget(st: Study, R: dict) -> None:
 
 
 # ------------------------------------------------------------------ report
-def report(st: Study, R: dict, minutes: float) -> str:
+def _report_setup(st: Study, minutes: float) -> str:
     a = st.args
-    out = [f"""\
+    return f"""\
 **Setup.** A seeded class-balanced subset of the embedded Fashion-MNIST training images: \
 {a.n} per class ({a.n_small} per class in the 'harder' part), of which 10 % per class is the \
 validation split V (seed 0); proxy and retrained model: small-cnn; SGD lr 0.1, Nesterov, \
@@ -537,7 +445,11 @@ cldfast's default) and train mode (the training pass's own losses). CPU, \
 {a.threads} torch thread(s); cells are cached in `{a.work}`; {minutes:.1f} min of compute in this \
 invocation. Commands: `{" ".join(a.command)}`.
 
-**Reading it.** A difference smaller than the seed spread (the ± figures) is no difference."""]
+**Reading it.** A difference smaller than the seed spread (the ± figures) is no difference."""
+
+
+def _report_noise(st: Study, R: dict) -> list[str]:
+    out = []
     if "noise_detect" in R:
         d = R["noise_detect"]
         out.append(f"""\
@@ -559,9 +471,14 @@ split: {d['full']} %.
 
 {markdown_table(["fraction", "coreset", "test accuracy %", "flipped in coreset"], d['rows'])}
 """)
-    if "subsample" in R:
-        d = R["subsample"]
-        out.append(f"""\
+    return out
+
+
+def _report_subsample(st: Study, R: dict) -> list[str]:
+    if "subsample" not in R:
+        return []
+    d = R["subsample"]
+    return [f"""\
 ### Checkpoint subsampling (eval mode, clean data, {d['T']}-epoch multistep proxy)
 
 Scores replayed from the run's stored eval-mode trajectories (the replay of every epoch \
@@ -570,10 +487,14 @@ last epoch, as `--track-every` does. Random class-balanced coresets: 10 % {d['ra
 30 % {d['random'][0.3]}.
 
 {markdown_table(["checkpoints", "count", "Spearman vs every epoch", "top-10 % overlap with every epoch", "seed 0 vs seed 1 Spearman", "top 10 % acc.", "top 30 % acc."], d['rows'])}
-""")
-    if "length" in R:
-        d = R["length"]
-        out.append(f"""\
+"""]
+
+
+def _report_length(st: Study, R: dict) -> list[str]:
+    if "length" not in R:
+        return []
+    d = R["length"]
+    return [f"""\
 ### Proxy length x estimator (clean data, each length a full multistep schedule)
 
 Full training split: {d['full']} %.
@@ -587,11 +508,15 @@ The paper's Fig. 1 on this data, 10 % class-balanced subsets (seed-0 proxy):
 Eval-mode top-CLD vs random at several fractions (in brackets: mean CLD - random):
 
 {markdown_table(["fraction", *[f"CLD, {T}-epoch proxy" for T in d['lengths']], "random"], d['frac'])}
-""")
-    if "schedule" in R:
-        d = R["schedule"]
-        plot = f"\n\n![per-class validation trajectories](../{R['schedule_plot']})" if "schedule_plot" in R else ""
-        out.append(f"""\
+"""]
+
+
+def _report_schedule(st: Study, R: dict) -> list[str]:
+    if "schedule" not in R:
+        return []
+    d = R["schedule"]
+    plot = f"\n\n![per-class validation trajectories](../{R['schedule_plot']})" if "schedule_plot" in R else ""
+    return [f"""\
 ### Schedule shape ({d['T']}-epoch proxies, eval mode, clean data)
 
 {markdown_table(["proxy schedule", "proxy test acc. %", "top 10 % acc.", "top 30 % acc."], d['rows'])}
@@ -600,11 +525,15 @@ What the 10 % subsets hold (first learned: 1-based epoch from which the sample's
 stays below ln 2, i.e. it is classified correctly to the end; never = still not at the end):
 
 {markdown_table(["proxy schedule", "subset", "mean first-learned epoch", "never learned", "mean final eval loss", "mean eval loss over the run"], d['char'])}{plot}
-""")
+"""]
+
+
+def _report_harder_budget(st: Study, R: dict) -> list[str]:
+    out = []
     if "harder" in R:
         d = R["harder"]
         out.append(f"""\
-### Harder: {d['n']:,} training samples ({a.n_small} per class before the split)
+### Harder: {d['n']:,} training samples ({st.args.n_small} per class before the split)
 
 {d['T']}-epoch multistep proxy (test accuracy {d['proxy_acc']:.2f} %); eval-mode seed-to-seed \
 Spearman {d['spearman']:.3f}; full training split {d['full']} %.
@@ -618,6 +547,14 @@ Spearman {d['spearman']:.3f}; full training split {d['full']} %.
 
 {markdown_table(["fraction", "budget", "CLD top", "random", "CLD - random"], d['rows'])}
 """)
+    return out
+
+
+def report(st: Study, R: dict, minutes: float) -> str:
+    out = [_report_setup(st, minutes)]
+    for part in (_report_noise, _report_subsample, _report_length, _report_schedule,
+                 _report_harder_budget):
+        out += part(st, R)
     missing = [p for p, k in (("noise", "noise_retrain"), ("subsample", "subsample"),
                               ("length", "length"), ("schedule", "schedule"), ("harder", "harder"),
                               ("budget", "budget")) if k not in R]
@@ -626,7 +563,8 @@ Spearman {d['spearman']:.3f}; full training split {d['full']} %.
     return "\n\n".join(out)
 
 
-def main(argv: list[str] | None = None) -> int:
+# ------------------------------------------------------------------ command line
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default=",".join(PARTS), help="comma-separated, from: " + ", ".join(PARTS))
     ap.add_argument("--n", type=int, default=1000, help="training images per class (default: %(default)s)")
@@ -661,11 +599,16 @@ def main(argv: list[str] | None = None) -> int:
         args.work = str(HERE / "_work" / "fidelity")
     args.lengths = [int(x) for x in args.lengths.split(",")]
     args.fractions = [float(x) for x in args.fractions.split(",")]
-    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    bad = [p for p in parts if p not in PARTS]
+    args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    bad = [p for p in args.parts if p not in PARTS]
     if bad:
         ap.error(f"--parts: unknown {bad}; expected some of {', '.join(PARTS)}")
-    torch.set_num_threads(args.threads)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    set_threads(args.threads)
     st = Study(args)
     t0 = time.perf_counter()
     R: dict[str, Any] = {}
@@ -675,15 +618,15 @@ def main(argv: list[str] | None = None) -> int:
     done_file = Path(args.work) / "parts_done.json"
     done = json.loads(done_file.read_text()) if done_file.exists() else []
     for part in PARTS:
-        if part in done and part not in parts:
+        if part in done and part not in args.parts:
             funcs[part](st, R)
-    for part in parts:
+    for part in args.parts:
         if args.report_only and part not in done:
             continue
         funcs[part](st, R)
         if part not in done:
             done.append(part)
-            done_file.write_text(json.dumps(done))
+            write_text(done_file, json.dumps(done))
         body = report(st, R, (time.perf_counter() - t0) / 60)
         if not args.no_write:
             write_section("fidelity", "Fidelity: when does CLD work? (eval vs train mode, noise, "

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -43,6 +42,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
+from _common import mean_std, ms, paired_diffs, set_threads  # noqa: E402
 from _results import RESULTS, markdown_table, write_section  # noqa: E402
 
 from cldfast.data import split_train_val  # noqa: E402
@@ -107,10 +107,6 @@ def run_cell(work: Path, bundle, train_idx, val_idx, arch: str, recipe: Recipe, 
     return cell
 
 
-def _ms(v: list[float]) -> tuple[float, float]:
-    return (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else float("nan"))
-
-
 def aggregate(cells: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     full = {c["seed"]: c for c in cells if c["policy"] == "full"}
     out: dict[str, dict[str, Any]] = {}
@@ -119,14 +115,15 @@ def aggregate(cells: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         r["cells"].append(c)
     for label, r in out.items():
         cs = sorted(r["cells"], key=lambda c: c["seed"])
-        acc = [100 * c["test_accuracy"] for c in cs]
-        r["acc"], r["acc_std"] = _ms(acc)
-        r["saved"], r["saved_std"] = _ms([100 * c["saved"] for c in cs])
+        r["accs"] = [100 * c["test_accuracy"] for c in cs]
+        r["acc"], r["acc_std"] = mean_std(r["accs"])
+        r["saved_list"] = [100 * c["saved"] for c in cs]
+        r["saved"], _ = mean_std(r["saved_list"])
         r["wall"] = statistics.median(c["train_seconds"] for c in cs)
         r["passes"] = statistics.median(c["sample_passes"] for c in cs)
-        d = [100 * (c["test_accuracy"] - full[c["seed"]]["test_accuracy"]) for c in cs if c["seed"] in full]
-        r["vs_full"], r["vs_full_std"] = _ms(d) if d else (float("nan"), float("nan"))
-        r["diffs"] = d
+        r["diffs"] = [100 * (c["test_accuracy"] - full[c["seed"]]["test_accuracy"])
+                      for c in cs if c["seed"] in full]
+        r["vs_full"], _ = mean_std(r["diffs"])
         r["seeds"] = len(cs)
         if any("cld_mean_differences" in c for c in cs):
             r["cld_diffs"] = float(np.mean([c["cld_mean_differences"] for c in cs]))
@@ -141,16 +138,10 @@ def _pruning_epochs(epochs: int) -> str:
     return f"{e[0] + 1}-{e[-1] + 1}" if e else "none"
 
 
-def _pm(m: float, s: float) -> str:
-    return f"{m:.2f}" if not np.isfinite(s) else f"{m:.2f} ± {s:.2f}"
-
-
-def paired(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float, list[float]]:
-    sa = {c["seed"]: c["test_accuracy"] for c in a["cells"]}
-    sb = {c["seed"]: c["test_accuracy"] for c in b["cells"]}
-    d = [100 * (sa[s] - sb[s]) for s in sorted(set(sa) & set(sb))]
-    m, s = _ms(d) if d else (float("nan"), float("nan"))
-    return m, s, d
+def paired(a: dict[str, Any], b: dict[str, Any]) -> list[float]:
+    """Per-seed accuracy differences a - b (points), over the seeds both rows hold."""
+    return paired_diffs({c["seed"]: 100 * c["test_accuracy"] for c in a["cells"]},
+                        {c["seed"]: 100 * c["test_accuracy"] for c in b["cells"]})
 
 
 def report(res: dict[str, dict[str, Any]], args, epochs: int, n_train: int, n_val: int,
@@ -166,9 +157,8 @@ def report(res: dict[str, dict[str, Any]], args, epochs: int, n_train: int, n_va
             extra = f"{r['cld_diffs']:.1f} of {epochs - 1}; {100 * r['cld_scored']:.1f} % scored"
         rows.append([k, r["seeds"], f"{r['target'] * 100:.0f} %" if r["target"] else
                      ("InfoBatch's own" if k == "infobatch-default" else "-"),
-                     _pm(r["saved"], r["saved_std"]) + " %", f"{r['passes'] / 1e6:.3f} M",
-                     _pm(r["acc"], r["acc_std"]) + " %",
-                     "-" if k == "full" else _pm(r["vs_full"], r["vs_full_std"]),
+                     ms(r["saved_list"], unit=" %"), f"{r['passes'] / 1e6:.3f} M",
+                     ms(r["accs"], unit=" %"), "-" if k == "full" else ms(r["diffs"]),
                      f"{r['wall']:.0f} s", f"{rel:.2f}x", extra])
     table = markdown_table(["run", "seeds", "target saving", "sample-passes saved",
                             "sample-passes (median)", "test accuracy", "vs full (points, paired)",
@@ -180,24 +170,23 @@ def report(res: dict[str, dict[str, Any]], args, epochs: int, n_train: int, n_va
         cld, ib, rnd = res.get(f"cld@{s:g}"), res.get(f"infobatch@{s:g}"), res.get(f"random@{s:g}")
         if not (cld and full):
             continue
-        txt = (f"- {s * 100:.0f} % target: CLD-guided {_pm(cld['vs_full'], cld['vs_full_std'])} "
+        txt = (f"- {s * 100:.0f} % target: CLD-guided {ms(cld['diffs'])} "
                f"points vs full (saved {cld['saved']:.1f} %)")
         if ib:
-            m, sd, _ = paired(cld, ib)
-            txt += f"; CLD - InfoBatch {_pm(m, sd)} (InfoBatch saved {ib['saved']:.1f} %)"
+            txt += f"; CLD - InfoBatch {ms(paired(cld, ib))} (InfoBatch saved {ib['saved']:.1f} %)"
         if rnd:
-            m, sd, _ = paired(cld, rnd)
-            txt += f"; CLD - random {_pm(m, sd)}"
+            txt += f"; CLD - random {ms(paired(cld, rnd))}"
         lines.append(txt + ".")
     goal = res.get("cld@0.4")
     verdict = ""
     if goal and full and res.get("infobatch@0.4"):
-        m_ib, sd_ib, _ = paired(goal, res["infobatch@0.4"])
+        d_ib = paired(goal, res["infobatch@0.4"])
+        m_ib = mean_std(d_ib)[0]
         within = abs(goal["vs_full"]) <= 0.3 or goal["vs_full"] > 0
         verdict = (f"Goal at 40 % saved (CLD-guided within 0.3 points of full and at least as "
                    f"accurate as InfoBatch): within 0.3 of full: "
                    f"{'met' if within else 'NOT met'} ({goal['vs_full']:+.2f}); vs InfoBatch: "
-                   f"{'met' if m_ib >= 0 else 'NOT met'} ({_pm(m_ib, sd_ib)}, paired over seeds). "
+                   f"{'met' if m_ib >= 0 else 'NOT met'} ({ms(d_ib)}, paired over seeds). "
                    f"The largest seed std of any row is {spread:.2f} points: a difference below "
                    "it is no difference.")
     head = (f"Embedded Fashion-MNIST: {n_train:,} training samples (the training split; "
@@ -261,7 +250,7 @@ def plot(res: dict[str, dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=10,
                     help="epochs of every run (default: %(default)s; 164 with --cifar)")
@@ -286,12 +275,11 @@ def main(argv: list[str] | None = None) -> int:
                          "recipe (164 epochs unless --epochs is given); needs a CUDA GPU; writes "
                          "the section 'prune-cifar' and docs/prune_accuracy_cifar.png")
     args = ap.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    arch, section, title = "small-cnn", "prune", "Dynamic pruning inside the training run (embedded data)"
-    data = DataSpec("auto")
+    args.arch, args.section = "small-cnn", "prune"
+    args.title = "Dynamic pruning inside the training run (embedded data)"
+    args.data = DataSpec("auto")
     if args.smoke:
-        data = DataSpec("digits")
+        args.data = DataSpec("digits")
         args.epochs, args.seeds, args.savings, args.variants = 4, 1, "0.3", ""
         if args.work is None:
             import tempfile
@@ -300,55 +288,59 @@ def main(argv: list[str] | None = None) -> int:
     if args.work is None:
         args.work = HERE / "_work" / "prune"
     if args.cifar:
-        if not torch.cuda.is_available():
-            print("bench_prune: --cifar needs a CUDA GPU (ResNet-18 on CIFAR-100 is days on a CPU)",
-                  file=sys.stderr)
-            return 2
-        data = DataSpec("cifar100", args.cifar)
-        arch, section = "resnet18", "prune-cifar"
-        title = "Dynamic pruning inside the training run (CIFAR-100, ResNet-18)"
+        args.data = DataSpec("cifar100", args.cifar)
+        args.arch, args.section = "resnet18", "prune-cifar"
+        args.title = "Dynamic pruning inside the training run (CIFAR-100, ResNet-18)"
         if args.epochs == 10:
             args.epochs = 164
+    return args
+
+
+def write_report(args, bundle, n_train: int, n_val: int) -> None:
+    """Rewrite the section and the plot from every cached cell of this data and schedule."""
+    cached = [json.loads(p.read_text()) for p in sorted((args.work / "cells").glob("*.json"))]
+    cached = [c for c in cached if c.get("config", {}).get("dataset") == bundle.fingerprint
+              and c["config"].get("recipe", {}).get("epochs") == args.epochs]
+    if not cached:
+        return
+    res = aggregate(cached)
+    minutes = sum(c["wall_seconds"] for c in cached) / 60
+    body = report(res, args, args.epochs, n_train, n_val, minutes)
+    print(body, flush=True)
+    if not args.no_write:
+        png = PLOT if not args.cifar else PLOT.with_name("prune_accuracy_cifar.png")
+        if Path(args.results).resolve() != RESULTS.resolve():  # e.g. the smoke run: beside it
+            png = Path(args.results).parent / png.name
+        plot(res, png, f"{args.arch} on {bundle.name}, {args.epochs} epochs, mean ± std over seeds")
+        write_section(args.section, args.title, "benchmarks/bench_prune.py", body, args.results)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.cifar and not torch.cuda.is_available():
+        print("bench_prune: --cifar needs a CUDA GPU (ResNet-18 on CIFAR-100 is days on a CPU)",
+              file=sys.stderr)
+        return 2
+    set_threads(args.threads)
     savings = [float(s) for s in args.savings.split(",") if s]
     policies = [p for p in args.policies.split(",") if p]
     variants = [v for v in args.variants.split(",") if v]
     plan = cells_plan(savings, policies, variants, not args.no_infobatch_default and not args.smoke)
-    bundle = data.load()
+    bundle = args.data.load()
     train_idx, val_idx = split_train_val(bundle.train_targets, 0.1, 0)
     recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, device="auto")
-    config = {"dataset": bundle.fingerprint, "arch": arch, "recipe": asdict(recipe)}
-    work = args.work
-    cells: list[dict[str, Any]] = []
+    config = {"dataset": bundle.fingerprint, "arch": args.arch, "recipe": asdict(recipe)}
     t_start = time.perf_counter()
-
-    def write() -> None:
-        cached = [json.loads(p.read_text()) for p in sorted((work / "cells").glob("*.json"))]
-        cached = [c for c in cached if c.get("config", {}).get("dataset") == bundle.fingerprint
-                  and c["config"].get("recipe", {}).get("epochs") == args.epochs]
-        if not cached:
-            return
-        res = aggregate(cached)
-        minutes = sum(c["wall_seconds"] for c in cached) / 60
-        body = report(res, args, args.epochs, int(train_idx.size), int(val_idx.size), minutes)
-        print(body, flush=True)
-        if not args.no_write:
-            png = PLOT if not args.cifar else PLOT.with_name("prune_accuracy_cifar.png")
-            if Path(args.results).resolve() != RESULTS.resolve():  # e.g. the smoke run: beside it
-                png = Path(args.results).parent / png.name
-            plot(res, png, f"{arch} on {bundle.name}, {args.epochs} epochs, mean ± std over seeds")
-            write_section(section, title, "benchmarks/bench_prune.py", body, args.results)
-
-    if not args.report_only:
-        for seed in range(args.seeds):
-            for label, spec in plan:
-                t0 = time.perf_counter()
-                c = run_cell(work, bundle, train_idx, val_idx, arch, recipe, label, spec, seed, config)
-                cells.append(c)
-                print(f"bench_prune: {label} seed {seed}: {100 * c['test_accuracy']:.2f} %, saved "
-                      f"{100 * c['saved']:.1f} % ({time.perf_counter() - t0:.0f} s)", flush=True)
-            write()
-    else:
-        write()
+    for seed in range(0 if args.report_only else args.seeds):
+        for label, spec in plan:
+            t0 = time.perf_counter()
+            c = run_cell(args.work, bundle, train_idx, val_idx, args.arch, recipe, label, spec,
+                         seed, config)
+            print(f"bench_prune: {label} seed {seed}: {100 * c['test_accuracy']:.2f} %, saved "
+                  f"{100 * c['saved']:.1f} % ({time.perf_counter() - t0:.0f} s)", flush=True)
+        write_report(args, bundle, int(train_idx.size), int(val_idx.size))
+    if args.report_only:
+        write_report(args, bundle, int(train_idx.size), int(val_idx.size))
     print(f"bench_prune: done in {(time.perf_counter() - t_start) / 60:.1f} min", flush=True)
     return 0
 

@@ -32,6 +32,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from _common import peak_rss_mb, set_threads  # noqa: E402
 from _results import RESULTS, markdown_table, write_section  # noqa: E402
 
 IMAGENET_N = 1_281_167
@@ -106,7 +107,7 @@ def timed(cmd: list[str], threads: int) -> tuple[float, float]:
     proc.stdout.close()
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{out[-3000:]}")
-    return seconds, usage.ru_maxrss / 1024.0
+    return seconds, peak_rss_mb(usage)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,9 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.samples, args.classes = 20_000, 50
     if args.stage:
-        import torch
-
-        torch.set_num_threads(args.threads)
+        set_threads(args.threads)
         stage(args.stage, args.work, args.classes, args.epochs)
         return 0
 

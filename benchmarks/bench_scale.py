@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import statistics
 import sys
 import time
@@ -29,23 +28,18 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import rss_mb, sync  # noqa: E402
 from _results import RESULTS, markdown_table, write_section  # noqa: E402
 
 import cldfast  # noqa: E402
-from cldfast import CLDTracker
-from cldfast.core import kernels as _ops  # noqa: E402
+from cldfast import CLDTracker  # noqa: E402
+from cldfast.core import kernels  # noqa: E402
 
 CLASSES = 1000
 
 
 def rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
+    return int(rss_mb() * 2**20)
 
 
 def bench_n(n: int, device: str, batch: int, epochs: int) -> dict:
@@ -58,7 +52,7 @@ def bench_n(n: int, device: str, batch: int, epochs: int) -> dict:
     before = rss_bytes()
     t0 = time.perf_counter()
     tracker = CLDTracker(labels, torch.arange(CLASSES), device=device, num_classes=CLASSES)
-    _sync(device)
+    sync(device)
     build_s = time.perf_counter() - t0
     rss_growth = rss_bytes() - before
     del labels
@@ -71,22 +65,22 @@ def bench_n(n: int, device: str, batch: int, epochs: int) -> dict:
     val = torch.rand(CLASSES, device=device)
     rec_times, end_times = [], []
     for epoch in range(max(epochs, 2)):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         for idx, loss in batches:
             tracker.record(idx, loss)
-        _sync(device)
+        sync(device)
         t1 = time.perf_counter()
         tracker.record_validation(val)
         tracker.end_epoch()
-        _sync(device)
+        sync(device)
         t2 = time.perf_counter()
         if epoch > 0:
             rec_times.append(t1 - t0)
             end_times.append(t2 - t1)
     t0 = time.perf_counter()
     scores = tracker.scores()
-    _sync(device)
+    sync(device)
     scores_s = time.perf_counter() - t0
     assert int(torch.isfinite(scores).sum()) == n or epochs < 3
     out = {"n": n, "device": device, "record_s": statistics.median(rec_times),
@@ -115,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", default=str(RESULTS), help="file to write the section into")
     args = ap.parse_args(argv)
     sizes = [10_000, 100_000] if args.smoke else [int(float(s)) for s in args.sizes.split(",")]
-    has_gpu = torch.cuda.is_available() and _ops.cuda_compiled()
+    has_gpu = torch.cuda.is_available() and kernels.cuda_compiled()
     if args.gpu_only and not has_gpu:
         ap.error("--gpu-only needs a CUDA GPU and a cldfast build with CUDA kernels")
     devices = [] if args.gpu_only else ["cpu"]

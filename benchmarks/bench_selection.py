@@ -49,19 +49,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _results import RESULTS, markdown_table, median_time, write_section  # noqa: E402
+from _common import (bytes_written, dir_bytes, first_items, median_time, peak_rss_mb,  # noqa: E402
+                     rss_mb, set_threads, spearman, top_share_overlap)
+from _results import RESULTS, markdown_table, write_section  # noqa: E402
 
 VARIANTS = {"a": "(a) authors' pipeline", "b": "(b) cldfast eval mode, (a)'s training layout",
             "d": "(d) cldfast eval mode (default)", "e": "(e) cldfast eval mode, --track-every 2",
@@ -70,79 +72,13 @@ VARIANTS = {"a": "(a) authors' pipeline", "b": "(b) cldfast eval mode, (a)'s tra
 IMAGENET_N, IMAGENET_T, IMAGENET_Q, IMAGENET_C = 1_281_167, 90, 12_811, 1000
 
 
-# ------------------------------------------------------------------ process measurements
-def rss_mb() -> float:
-    """Current resident set size of this process (MiB)."""
-    with open("/proc/self/statm") as fh:
-        pages = int(fh.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def bytes_written() -> int:
-    """Bytes this process passed to write() so far (/proc/self/io wchar; 0 if unavailable)."""
-    try:
-        for line in Path("/proc/self/io").read_text().splitlines():
-            if line.startswith("wchar:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation over the entries finite in both (average ranks for ties)."""
-    from scipy.stats import spearmanr
-
-    ok = np.isfinite(a) & np.isfinite(b)
-    return float(spearmanr(a[ok], b[ok]).statistic)
-
-
-def set_threads(n: int) -> None:
-    import torch
-
-    if n > 0:
-        torch.set_num_threads(n)
-
-
 # ------------------------------------------------------------------ data
 def load_bundle(subset: int, test_subset: int):
     """The embedded data (Fashion-MNIST, or digits without it), optionally cut to the first
     ``subset`` training and ``test_subset`` test items (same cut in every process)."""
-    from dataclasses import replace
-
-    from torch.utils.data import Subset
-
     from cldfast.data import load_dataset
 
-    from cldfast.data import InMemoryImageDataset
-
-    bundle = load_dataset("auto")
-    if subset and subset < len(bundle.train_targets) and isinstance(bundle.train_eval, InMemoryImageDataset):
-        ev, tr = bundle.train_eval, bundle.train
-        cut = InMemoryImageDataset(ev.images[:subset], ev.targets[:subset], ev.mean.flatten().tolist(),
-                                   ev.std.flatten().tolist(), max_value=ev.max_value)
-        bundle = replace(bundle, train_eval=cut,
-                         train=cut.with_augmentation(flip=tr.flip, crop_padding=tr.crop_padding),
-                         train_targets=bundle.train_targets[:subset],
-                         fingerprint=bundle.fingerprint + f"-first{subset}")
-    elif subset and subset < len(bundle.train_targets):
-        keep = range(subset)
-        bundle = replace(bundle, train=Subset(bundle.train, keep),
-                         train_eval=Subset(bundle.train_eval, keep),
-                         train_targets=bundle.train_targets[:subset],
-                         fingerprint=bundle.fingerprint + f"-first{subset}")
-    if test_subset and test_subset < len(bundle.test_targets):
-        bundle = replace(bundle, test=Subset(bundle.test, range(test_subset)),
-                         test_targets=bundle.test_targets[:test_subset])
-    return bundle
+    return first_items(load_dataset("auto"), train=subset, test=test_subset)
 
 
 def recipe_for(args):
@@ -181,8 +117,6 @@ def worker_pipeline(args) -> dict:
                    artefact_bytes=dir_bytes(work / "Scores"))
     else:
         from cldfast.pipeline import track
-
-        from dataclasses import replace
 
         source = "train" if args.worker == "c" else "eval"
         if args.worker == "b":
@@ -242,8 +176,6 @@ def worker_memsim(args) -> dict:
 def worker_memsim_losses(args) -> dict:
     """Only the training-split loss lists of (a) (no labels, no V): the lower bound of what
     a list-of-scalars store costs."""
-    import numpy as np
-
     rng = np.random.default_rng(0)
     base = rss_mb()
     epochs = []
@@ -331,7 +263,7 @@ def fmt_b(b: float) -> str:
     return f"{b:.0f} B"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=8, help="proxy epochs (default: %(default)s; "
                     "(e) needs >= 5 and (f) >= 6 for 3 checkpoints)")
@@ -361,16 +293,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-
-    if args.worker:
-        fn = {"memsim": worker_memsim, "memsim-losses": worker_memsim_losses,
-              "offline": worker_offline}.get(args.worker, worker_pipeline)
-        Path(args.worker_out).write_text(json.dumps(fn(args)))
-        return 0
-
-    if args.smoke:
+    if args.smoke and not args.worker:
         args.epochs, args.repeats, args.subset, args.test_subset = 6, 1, 1000, 500
         args.mem_n, args.mem_t, args.mem_q = 1000, 5, 100
+    return args
+
+
+def run_everything(args) -> dict:
+    """Every worker process: the interleaved runs of the variants, then the memory
+    simulation of (a). Returns their figures and each variant's first scores."""
     root = Path(tempfile.mkdtemp(prefix="cldfast-bench-selection-"))
     runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     order = list(VARIANTS)
@@ -382,15 +313,10 @@ def main(argv: list[str] | None = None) -> int:
                 runs[v].append(run_worker(args, v, root / f"{v}{r}"))
         print("selection: memory of (a) at "
               f"N={args.mem_n:,}, T={args.mem_t}", flush=True)
-        sim = run_worker(args, "memsim", root / "memsim")
-        off = run_worker(args, "offline", root / "memsim")
-        sim_losses = run_worker(args, "memsim-losses", root / "memsim")
-        scores_a = np.load(root / "a0" / "cld_scores.npy")
-        scores_b = np.load(root / "b0" / "cld_scores.npy")
-        scores_c = np.load(root / "c0" / "cld_scores.npy")
-        scores_d = np.load(root / "d0" / "cld_scores.npy")
-        scores_e = np.load(root / "e0" / "cld_scores.npy")
-        scores_f = np.load(root / "f0" / "cld_scores.npy")
+        out = {"runs": runs, "sim": run_worker(args, "memsim", root / "memsim"),
+               "off": run_worker(args, "offline", root / "memsim"),
+               "sim_losses": run_worker(args, "memsim-losses", root / "memsim"),
+               "scores": {v: np.load(root / f"{v}0" / "cld_scores.npy") for v in VARIANTS}}
     finally:
         if not args.keep_work:
             import shutil
@@ -398,14 +324,10 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
         else:
             print(f"selection: work folders kept in {root}")
+    return out
 
-    set_threads(args.threads)
-    tr_small = tracker_figures(args.mem_n, args.mem_classes, args.mem_q, 5)
-    tr_inet = tracker_figures(IMAGENET_N, IMAGENET_C, IMAGENET_Q, 5)
 
-    med = {v: {k: statistics.median(run[k] for run in rs) for k in
-               ("wall_s", "train_s", "tracking_s", "to_scores_s")} for v, rs in runs.items()}
-    first = {v: rs[0] for v, rs in runs.items()}
+def stage_table(runs: dict[str, list[dict]], med: dict, first: dict) -> str:
     n_train = first["a"]["n_train"]
     rows = []
     for v in VARIANTS:
@@ -415,26 +337,44 @@ def main(argv: list[str] | None = None) -> int:
                      f"{f['extra_passes']} x {n_train:,}", f"{max(r['peak_rss_mb'] for r in runs[v]):.0f} MiB",
                      fmt_b(f["bytes_written"]), fmt_b(f["artefact_bytes"]), fmt_s(med[v]["to_scores_s"]),
                      f"{100 * f['test_accuracy']:.2f} %"])
-    table = markdown_table(
+    return markdown_table(
         ["pipeline", "wall time (median)", "speed-up vs (a)", "training steps", "loss collection / tracking",
          "extra forward passes", "peak RSS", "bytes written (all)", "selection file", "training end -> scores",
          "proxy test acc."], rows)
 
-    # Memory of (a) at CIFAR-100 scale (measured) and ImageNet-1k (extrapolated).
-    per_entry = sim["held_mb"] * 2**20 / sim["entries"]
-    pickle_per_entry = sim["pickle_bytes"] / sim["entries"]
-    dump_peak_per_entry = sim["peak_mb"] * 2**20 / sim["entries"]
-    offline_peak_per_entry = off["peak_mb"] * 2**20 / sim["entries"]
-    to_scores_per_entry = (sim["dump_s"] + off["offline_s"]) / sim["entries"]
-    loss_entry = sim_losses["held_mb"] * 2**20 / sim_losses["entries"]
+
+def memory_figures(args, res: dict, first: dict) -> dict:
+    """(a)'s memory measured at CIFAR-100 scale, per entry, extrapolated to ImageNet-1k;
+    cldfast's tracker measured at both scales."""
+    sim, off, sim_losses = res["sim"], res["off"], res["sim_losses"]
+    set_threads(args.threads)
+    m = {"tr_small": tracker_figures(args.mem_n, args.mem_classes, args.mem_q, 5),
+         "tr_inet": tracker_figures(IMAGENET_N, IMAGENET_C, IMAGENET_Q, 5),
+         "per_entry": sim["held_mb"] * 2**20 / sim["entries"],
+         "pickle_per_entry": sim["pickle_bytes"] / sim["entries"],
+         "dump_peak_per_entry": sim["peak_mb"] * 2**20 / sim["entries"],
+         "offline_peak_per_entry": off["peak_mb"] * 2**20 / sim["entries"],
+         "to_scores_per_entry": (sim["dump_s"] + off["offline_s"]) / sim["entries"],
+         "loss_entry": sim_losses["held_mb"] * 2**20 / sim_losses["entries"],
+         "entries_inet": (IMAGENET_N + IMAGENET_Q) * IMAGENET_T,
+         "loss_only_inet": 4 * IMAGENET_N * IMAGENET_T,  # even as a float32 [T, N] array
+         "npz_per_sample": first["c"]["artefact_bytes"] / first["a"]["n_train"]}
+    m["lists_inet"] = m["per_entry"] * m["entries_inet"]
+    m["ratio_inet"] = m["lists_inet"] / m["tr_inet"]["nbytes"]
+    m["loss_lists_inet"] = m["loss_entry"] * IMAGENET_N * IMAGENET_T
+    return m
+
+
+def memory_table(args, res: dict, m: dict) -> str:
+    sim, off, sim_losses, tr_small = res["sim"], res["off"], res["sim_losses"], m["tr_small"]
     mem_rows = [
-        [f"(a) lists in RAM during training (losses + labels, train + V)", fmt_b(sim["held_mb"] * 2**20),
-         f"{per_entry:.1f} B per sample per epoch"],
-        [f"(a) of which the training losses alone", fmt_b(sim_losses["held_mb"] * 2**20),
-         f"{loss_entry:.1f} B per sample per epoch"],
+        ["(a) lists in RAM during training (losses + labels, train + V)", fmt_b(sim["held_mb"] * 2**20),
+         f"{m['per_entry']:.1f} B per sample per epoch"],
+        ["(a) of which the training losses alone", fmt_b(sim_losses["held_mb"] * 2**20),
+         f"{m['loss_entry']:.1f} B per sample per epoch"],
         ["(a) peak RSS added while pickling", fmt_b(sim["peak_mb"] * 2**20),
-         f"{dump_peak_per_entry:.1f} B per sample per epoch"],
-        ["(a) pickle written", fmt_b(sim["pickle_bytes"]), f"{pickle_per_entry:.1f} B per sample per epoch"],
+         f"{m['dump_peak_per_entry']:.1f} B per sample per epoch"],
+        ["(a) pickle written", fmt_b(sim["pickle_bytes"]), f"{m['pickle_per_entry']:.1f} B per sample per epoch"],
         ["(a) pickle.dump time", fmt_s(sim["dump_s"]), ""],
         ["(a) offline step (unpickle + numpy CLD), its own process", fmt_s(off["offline_s"]),
          f"peak RSS added {fmt_b(off['peak_mb'] * 2**20)}"],
@@ -442,87 +382,93 @@ def main(argv: list[str] | None = None) -> int:
          f"{tr_small['per_sample']:.1f} B per training sample, any T"],
         ["(b), (c) tracker.scores()", fmt_s(tr_small["scores_s"]), ""],
     ]
-    mem_table = markdown_table([f"N = {args.mem_n:,}, Q = {args.mem_q:,}, T = {args.mem_t}, "
-                                f"{args.mem_classes} classes", "measured", "per entry"], mem_rows)
+    return markdown_table([f"N = {args.mem_n:,}, Q = {args.mem_q:,}, T = {args.mem_t}, "
+                           f"{args.mem_classes} classes", "measured", "per entry"], mem_rows)
 
-    entries_inet = (IMAGENET_N + IMAGENET_Q) * IMAGENET_T
-    lists_inet = per_entry * entries_inet
-    ratio_inet = lists_inet / tr_inet["nbytes"]
-    loss_only_inet = 4 * IMAGENET_N * IMAGENET_T  # even as a float32 [T, N] array
-    loss_lists_inet = loss_entry * IMAGENET_N * IMAGENET_T
-    npz_per_sample = first["c"]["artefact_bytes"] / n_train
+
+def imagenet_table(m: dict) -> str:
+    tr_inet, entries_inet = m["tr_inet"], m["entries_inet"]
     inet_rows = [
-        ["in RAM during training", fmt_b(lists_inet), fmt_b(tr_inet["nbytes"]), fmt_b(tr_inet["nbytes"])],
-        ["  of which training losses alone", fmt_b(loss_entry * IMAGENET_N * IMAGENET_T), "", ""],
-        ["peak RSS added at the end of training", fmt_b(dump_peak_per_entry * entries_inet),
+        ["in RAM during training", fmt_b(m["lists_inet"]), fmt_b(tr_inet["nbytes"]), fmt_b(tr_inet["nbytes"])],
+        ["  of which training losses alone", fmt_b(m["loss_entry"] * IMAGENET_N * IMAGENET_T), "", ""],
+        ["peak RSS added at the end of training", fmt_b(m["dump_peak_per_entry"] * entries_inet),
          fmt_b(tr_inet["nbytes"]), fmt_b(tr_inet["nbytes"])],
-        ["offline step's peak RSS", fmt_b(offline_peak_per_entry * entries_inet), "none", "none"],
-        ["selection data written", fmt_b(pickle_per_entry * entries_inet),
-         fmt_b(npz_per_sample * IMAGENET_N), fmt_b(npz_per_sample * IMAGENET_N)],
-        ["training end -> scores", fmt_s(to_scores_per_entry * entries_inet),
+        ["offline step's peak RSS", fmt_b(m["offline_peak_per_entry"] * entries_inet), "none", "none"],
+        ["selection data written", fmt_b(m["pickle_per_entry"] * entries_inet),
+         fmt_b(m["npz_per_sample"] * IMAGENET_N), fmt_b(m["npz_per_sample"] * IMAGENET_N)],
+        ["training end -> scores", fmt_s(m["to_scores_per_entry"] * entries_inet),
          fmt_s(tr_inet["scores_s"]), fmt_s(tr_inet["scores_s"])],
         ["extra forward passes over the training split",
          f"{IMAGENET_T} x 1.28M = {IMAGENET_T * IMAGENET_N / 1e6:.0f}M",
          f"{IMAGENET_T * IMAGENET_N / 1e6:.0f}M", "0"],
     ]
-    inet_table = markdown_table(["ImageNet-1k: N = 1.28M, T = 90, Q = 12.8k", VARIANTS["a"],
-                                 "cldfast, eval mode (every epoch)", VARIANTS["c"]], inet_rows)
+    return markdown_table(["ImageNet-1k: N = 1.28M, T = 90, Q = 12.8k", VARIANTS["a"],
+                           "cldfast, eval mode (every epoch)", VARIANTS["c"]], inet_rows)
 
+
+def agreement(scores: dict[str, np.ndarray]) -> dict[str, float]:
+    """How the variants' scores agree (Spearman, max |difference|, shared global top 10 %)."""
+    a = scores["a"]
     # Rounded first: with few epochs many scores are exactly +-1, and last-bit differences
     # would otherwise reorder those ties.
-    rho_ab = spearman(np.round(scores_a, 12), np.round(scores_b, 12))
-    diff_ab = float(np.nanmax(np.abs(scores_a - scores_b)))
-    rho_ac = spearman(scores_a, scores_c)
+    return {"rho_ab": spearman(np.round(a, 12), np.round(scores["b"], 12)),
+            "diff_ab": float(np.nanmax(np.abs(a - scores["b"]))),
+            "rho_ac": spearman(a, scores["c"]), "rho_ad": spearman(a, scores["d"]),
+            "rho_de": spearman(scores["d"], scores["e"]), "rho_df": spearman(scores["d"], scores["f"]),
+            "overlap_de": top_share_overlap(scores["d"], scores["e"]),
+            "overlap_df": top_share_overlap(scores["d"], scores["f"])}
+
+
+def met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def targets_text(args, med: dict, ag: dict, m: dict) -> str:
     speed = {v: med["a"]["wall_s"] / med[v]["wall_s"] for v in VARIANTS}
-    rho_ad = spearman(scores_a, scores_d)
-    rho_de = spearman(scores_d, scores_e)
-    rho_df = spearman(scores_d, scores_f)
-    top = {}
-    for name, sc in (("d", scores_d), ("e", scores_e), ("f", scores_f)):
-        order = np.argsort(-np.nan_to_num(sc, nan=-np.inf), kind="stable")
-        top[name] = set(order[: len(order) // 10].tolist())
-    overlap_de = len(top["d"] & top["e"]) / max(1, len(top["d"]))
-    overlap_df = len(top["d"] & top["f"]) / max(1, len(top["d"]))
     eval_pass = {v: med[v]["tracking_s"] for v in ("a", "b")}
-    speed_c = speed["c"]
-    targets = [
+    tr_inet = m["tr_inet"]
+    return "\n".join([
         f"- (b) vs (a) at equal epochs, every epoch tracked, identical scores (Spearman "
-        f"{rho_ab:.6f}, max |difference| {diff_ab:.1e}): {speed['b']:.2f}x faster (target >= 1.5x: "
-        f"{'met' if speed['b'] >= 1.5 else 'NOT met'}); the loss collection alone "
+        f"{ag['rho_ab']:.6f}, max |difference| {ag['diff_ab']:.1e}): {speed['b']:.2f}x faster (target >= 1.5x: "
+        f"{met(speed['b'] >= 1.5)}); the loss collection alone "
         f"{fmt_s(eval_pass['a'])} -> {fmt_s(eval_pass['b'])} "
         f"({eval_pass['a'] / max(eval_pass['b'], 1e-9):.1f}x), training steps are the same work.",
         f"- (d) vs (a), cldfast as shipped (eval mode, channels_last training on the CPU), every "
         f"epoch tracked: {speed['d']:.2f}x faster (target >= 1.5x: "
-        f"{'met' if speed['d'] >= 1.5 else 'NOT met'}); the same estimator, but another float "
+        f"{met(speed['d'] >= 1.5)}); the same estimator, but another float "
         f"rounding of training, so its scores agree with (a)'s as another run would "
-        f"(Spearman {rho_ad:.3f}).",
+        f"(Spearman {ag['rho_ad']:.3f}).",
         f"- (e) vs (a), --track-every 2: {speed['e']:.2f}x faster (target >= 2.5x: "
-        f"{'met' if speed['e'] >= 2.5 else 'NOT met'}); against (d), the every-epoch scores of "
-        f"the same training run, Spearman {rho_de:.3f} and {100 * overlap_de:.1f} % of the global "
+        f"{met(speed['e'] >= 2.5)}); against (d), the every-epoch scores of "
+        f"the same training run, Spearman {ag['rho_de']:.3f} and {100 * ag['overlap_de']:.1f} % of the global "
         f"top 10 % shared (the fidelity section retrains such coresets).",
         f"- (f) vs (a), the first half of the epochs tracked (--track-epochs {args.epochs // 2}, "
         f"the proxy stops there): {speed['f']:.2f}x faster (target >= 2.5x: "
-        f"{'met' if speed['f'] >= 2.5 else 'NOT met'}); against (d), Spearman {rho_df:.3f} and "
-        f"{100 * overlap_df:.1f} % of the global top 10 % shared (the fidelity section: "
+        f"{met(speed['f'] >= 2.5)}); against (d), Spearman {ag['rho_df']:.3f} and "
+        f"{100 * ag['overlap_df']:.1f} % of the global top 10 % shared (the fidelity section: "
         f"first-half coresets against every-epoch ones).",
-        f"- (c) vs (a) at equal epochs: {speed_c:.2f}x faster (target >= 1.3x: "
-        f"{'met' if speed_c >= 1.3 else 'NOT met'}); train mode is an approximation (Spearman "
-        f"with (a) {rho_ac:.3f}).",
-        f"- Tracker vs (a)'s in-RAM trajectories at ImageNet-1k scale: {ratio_inet:.0f}x smaller "
-        f"(target >= 100x: {'met' if ratio_inet >= 100 else 'NOT met'}), counting what the authors "
+        f"- (c) vs (a) at equal epochs: {speed['c']:.2f}x faster (target >= 1.3x: "
+        f"{met(speed['c'] >= 1.3)}); train mode is an approximation (Spearman "
+        f"with (a) {ag['rho_ac']:.3f}).",
+        f"- Tracker vs (a)'s in-RAM trajectories at ImageNet-1k scale: {m['ratio_inet']:.0f}x smaller "
+        f"(target >= 100x: {met(m['ratio_inet'] >= 100)}), counting what the authors "
         f"keep (losses and labels of every epoch, train and V). The training losses' lists alone "
-        f"({fmt_b(loss_lists_inet)}) are {loss_lists_inet / tr_inet['nbytes']:.0f}x the tracker; "
+        f"({fmt_b(m['loss_lists_inet'])}) are {m['loss_lists_inet'] / tr_inet['nbytes']:.0f}x the tracker; "
         f"a float32 [T, N] array of the losses, the most compact store of trajectories, "
-        f"{fmt_b(loss_only_inet)}, {loss_only_inet / tr_inet['nbytes']:.1f}x.",
+        f"{fmt_b(m['loss_only_inet'])}, {m['loss_only_inet'] / tr_inet['nbytes']:.1f}x.",
         f"- Training end -> scores: {fmt_s(med['c']['to_scores_s'])} for (c) and "
         f"{fmt_s(med['b']['to_scores_s'])} for (b) (one scores() call), against "
         f"{fmt_s(med['a']['to_scores_s'])} for (a) here and about "
-        f"{fmt_s(to_scores_per_entry * entries_inet)} at ImageNet scale (target: 0 s, i.e. no "
+        f"{fmt_s(m['to_scores_per_entry'] * m['entries_inet'])} at ImageNet scale (target: 0 s, i.e. no "
         "post-processing step: met; scores() is the only work).",
-    ]
+    ])
+
+
+def body_text(args, first: dict, ag: dict, tables: dict[str, str], targets: str) -> str:
+    n_train = first["a"]["n_train"]
     data_name = f"the first {args.subset:,} items of the embedded data" if args.subset else \
         "the embedded Fashion-MNIST"
-    body = f"""\
+    return f"""\
 Selection stage on {data_name} ({n_train:,} training + {first['a']['n_val']:,} validation samples, \
 {100 * args.val_fraction:g} % per class), {args.arch}, {args.epochs} epochs, batch {args.batch_size}, SGD recipe of the \
 authors (lr 0.1, Nesterov, multistep), CPU, {args.threads or 'default'} torch thread(s). Each run \
@@ -537,26 +483,45 @@ run; (d), (e), (f) and (c) train in channels_last (cldfast's default on the CPU)
 cldfast variants run their eval passes through the oneDNN inference copy on the CPU \
 (`Recipe.eval_onednn`).
 
-{table}
+{tables['stage']}
 
-Scores: (a) vs (b) (same run, same eval-mode losses) Spearman {rho_ab:.6f}, max |difference| \
-{diff_ab:.2e}; (a)'s pickled trajectories replayed through cldfast.cld_from_trajectories \
+Scores: (a) vs (b) (same run, same eval-mode losses) Spearman {ag['rho_ab']:.6f}, max |difference| \
+{ag['diff_ab']:.2e}; (a)'s pickled trajectories replayed through cldfast.cld_from_trajectories \
 differ from its numpy scores by at most {first['a']['replay_max_abs_diff']:.2e}. \
-(a) vs (c) (train-mode losses) Spearman {rho_ac:.3f}: see the fidelity section.
+(a) vs (c) (train-mode losses) Spearman {ag['rho_ac']:.3f}: see the fidelity section.
 
 Memory of (a), measured at CIFAR-100 scale (the authors' lists filled with random losses by \
 their own code path, no training; pickled, then read back by the offline step in a fresh \
 process):
 
-{mem_table}
+{tables['memory']}
 
 Extrapolated to ImageNet-1k from the per-entry figures above; cldfast's tracker is built at \
 N = 1.28M with 1000 classes and measured (bytes and scores() time):
 
-{inet_table}
+{tables['imagenet']}
 
-{chr(10).join(targets)}
+{targets}
 """
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        fn = {"memsim": worker_memsim, "memsim-losses": worker_memsim_losses,
+              "offline": worker_offline}.get(args.worker, worker_pipeline)
+        Path(args.worker_out).write_text(json.dumps(fn(args)))
+        return 0
+    res = run_everything(args)
+    runs = res["runs"]
+    med = {v: {k: statistics.median(run[k] for run in rs) for k in
+               ("wall_s", "train_s", "tracking_s", "to_scores_s")} for v, rs in runs.items()}
+    first = {v: rs[0] for v, rs in runs.items()}
+    m = memory_figures(args, res, first)
+    ag = agreement(res["scores"])
+    tables = {"stage": stage_table(runs, med, first), "memory": memory_table(args, res, m),
+              "imagenet": imagenet_table(m)}
+    body = body_text(args, first, ag, tables, targets_text(args, med, ag, m))
     print(body)
     if not args.no_write:
         write_section("selection", "Selection stage: cldfast vs the authors' pipeline",

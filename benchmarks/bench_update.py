@@ -1,9 +1,10 @@
 """Speed and memory of the tracker's hot path: record() per batch and the epoch-end update.
 
-Compares, on the same state layout and the same data:
+Compares, on the same state layout (cldfast.core.kernels: the open-epoch buffer, last loss,
+last checkpoint and difference count, five co-moments, flags) and the same data:
   kernel     cldfast's native kernels (what CLDTracker runs)
-  torch-ops  the same streaming math as a chain of torch ops (cldfast/core/kernels_torch.py)
-  numpy      the same streaming math in numpy (np.add.at + vectorised Welford), below
+  torch-ops  the same streaming math as a chain of torch ops (cldfast/core/kernels_torch.py,
+             the kernels' twins, which run where no native kernel covers the device)
 at N = 50k, 1.28M (ImageNet-1k) and 10M training samples, on the CPU and, when present, on
 a CUDA GPU, where the epoch-end kernel's effective bandwidth is compared with the GPU's
 device-to-device copy bandwidth measured in the same run.
@@ -16,16 +17,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import RESULTS, markdown_table, median_time, write_section  # noqa: E402
+from _common import Timer, median_time  # noqa: E402
+from _results import RESULTS, markdown_table, write_section  # noqa: E402
 
-from cldfast import CLDTracker
-from cldfast.core import kernels as _ops, kernels_torch  # noqa: E402
+from cldfast import CLDTracker  # noqa: E402
+from cldfast.core import kernels, kernels_torch  # noqa: E402
 
 BATCH = 256
 CLASSES = 1000
@@ -33,175 +36,118 @@ CLASSES = 1000
 # reads the epoch sum and count (8), last, tlast, ndiff (12), label (2), 5 co-moments (40);
 # writes 5 co-moments (40), ndiff, last, tlast (12) and clears the epoch buffer (8).
 EPOCH_BYTES = {torch.float64: 122, torch.float32: 82}
+IMPLS = {"kernel": kernels, "torch-ops": kernels_torch}
 
 
-class NumpyStream:
-    """The streaming update in numpy, on numpy copies of the tracker's state."""
+@dataclass
+class KernelState:
+    """The per-sample state of n samples in one process, laid out as the kernels take it
+    (cldfast.core.kernels.record / end_epoch): a CLDTracker's buffers, built here so that
+    both implementations run on the same tensors."""
 
-    def __init__(self, tracker: CLDTracker):
-        self.epoch = tracker._epoch[0].cpu().numpy().copy()
-        self.last = tracker._last.cpu().numpy().copy()
-        self.i32 = tracker._i32.cpu().numpy().copy()
-        self.acc = tracker._acc.cpu().numpy().copy()
-        self.labels = tracker._labels.cpu().numpy().astype(np.int64)
+    labels: torch.Tensor  # [n] int16 class ids
+    epoch: torch.Tensor   # [1, 2, n] float32 open-epoch sums and counts
+    last: torch.Tensor    # [n] float32
+    i32: torch.Tensor     # [2, n] int32 last checkpoint, number of differences
+    acc: torch.Tensor     # [5, n] float64 co-moments
+    flags: torch.Tensor   # [NUM_FLAGS] int64
 
-    def record(self, index: np.ndarray, loss: np.ndarray) -> None:
-        np.add.at(self.epoch[0], index, loss)
-        np.add.at(self.epoch[1], index, 1.0)
+    @classmethod
+    def build(cls, n: int, device: str) -> "KernelState":
+        labels = np.random.default_rng(0).integers(0, CLASSES, n)
+        return cls(torch.from_numpy(labels).to(device=device, dtype=torch.int16),
+                   torch.zeros(1, 2, n, dtype=torch.float32, device=device),
+                   torch.zeros(n, dtype=torch.float32, device=device),
+                   torch.zeros(2, n, dtype=torch.int32, device=device),
+                   torch.zeros(5, n, dtype=torch.float64, device=device),
+                   torch.zeros(kernels.NUM_FLAGS, dtype=torch.int64, device=device))
 
-    def end_epoch(self, history: np.ndarray, checkpoint: int) -> None:
-        esum, count = self.epoch
-        last = self.last
-        tlast, ndiff = self.i32
-        seen = count > 0
-        mean = esum / np.maximum(count, 1)
-        paired = seen & (tlast >= 0)
-        dx = mean.astype(np.float64) - last
-        dy = history[checkpoint][self.labels] - history[np.maximum(tlast, 0), self.labels]
-        k = ndiff + 1.0
-        mx, my, m2x, m2y, cxy = self.acc
-        ddx, ddy = dx - mx, dy - my
-        nmx, nmy = mx + ddx / k, my + ddy / k
-        ry = dy - nmy
-        m2x[paired] += (ddx * (dx - nmx))[paired]
-        m2y[paired] += (ddy * ry)[paired]
-        cxy[paired] += (ddx * ry)[paired]
-        mx[paired], my[paired] = nmx[paired], nmy[paired]
-        ndiff[paired] += 1
-        last[seen], tlast[seen] = mean[seen], checkpoint
-        self.epoch[:] = 0
+    def fill_epoch(self, losses: torch.Tensor) -> None:
+        """Every sample observed once (so end_epoch does its full work), each paired with
+        checkpoint 0."""
+        self.epoch[0, 0].copy_(losses)
+        self.epoch[0, 1].fill_(1)
+        self.i32[0].fill_(0)
+
+    def record(self, impl: str, idx: torch.Tensor, loss: torch.Tensor) -> None:
+        IMPLS[impl].record(idx, loss, self.epoch, self.last.shape[0], self.flags)
+
+    def end_epoch(self, impl: str, history: torch.Tensor) -> None:
+        """Close checkpoint 1; the buffer is cleared as CLDTracker does in one process (the
+        native kernel clears what it read; the twins' clearing pass is timed too)."""
+        state = (self.epoch[0], self.last, self.i32, self.acc, self.flags)
+        IMPLS[impl].end_epoch(self.labels, history, 0, 1, *state, clear_epoch=True)
 
 
-def make_tracker(n: int, device: str, precision: str) -> CLDTracker:
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, CLASSES, n)
-    val_labels = np.arange(CLASSES)
-    return CLDTracker(labels, val_labels, device=device, precision=precision)
+def tracker_bytes_per_sample(n: int, device: str) -> float:
+    """What a CLDTracker over n samples holds per sample (its nbytes)."""
+    labels = np.random.default_rng(0).integers(0, CLASSES, n)
+    return CLDTracker(labels, np.arange(CLASSES), device=device).nbytes / n
+
+
+def row(device: str, n: int, impl: str, record_s: float, end_s: float, nbytes: float) -> dict:
+    epoch = record_s * (n / BATCH) + end_s
+    return dict(device=device, n=n, impl=impl, record_us=record_s * 1e6, end_s=end_s,
+                epoch_s=epoch, ns_per_sample=epoch / n * 1e9,
+                gbps=EPOCH_BYTES[torch.float64] * n / end_s / 1e9, bytes_per_sample=nbytes)
 
 
 def bench_cpu(n: int, repeats: int, record_batches: int) -> list[dict]:
-    tracker = make_tracker(n, "cpu", "float64")
+    nbytes = tracker_bytes_per_sample(n, "cpu")
+    state = KernelState.build(n, "cpu")
     g = torch.Generator().manual_seed(0)
     perm = torch.randperm(n, generator=g)
     losses = torch.rand(n, generator=g) * 5
     nb = min(record_batches, n // BATCH)
     batches = [(perm[i * BATCH:(i + 1) * BATCH], losses[i * BATCH:(i + 1) * BATCH]) for i in range(nb)]
     history = torch.rand(8, CLASSES, dtype=torch.float64)
-    state = (tracker._epoch[0], tracker._last, tracker._i32, tracker._acc, tracker._flags)
-
-    def fill_epoch():  # every sample observed once, so end_epoch does its full work
-        tracker._epoch[0, 0].copy_(losses)
-        tracker._epoch[0, 1].fill_(1)
-
+    fill_cost = median_time(lambda: state.fill_epoch(losses), repeats)
     rows = []
-    # record(): per-batch cost, timed over `nb` batches.
-    def rec_kernel():
-        for idx, loss in batches:
-            _ops.record(idx, loss, tracker._epoch, n, tracker._flags)
+    for impl in IMPLS:
+        def rec():  # record(): per-batch cost, timed over `nb` batches
+            for idx, loss in batches:
+                state.record(impl, idx, loss)
 
-    def rec_torch():
-        for idx, loss in batches:
-            kernels_torch.record(idx, loss, tracker._epoch, n, tracker._flags)
+        def end():  # end_epoch(): the O(N) update and the clearing of the epoch buffer
+            state.fill_epoch(losses)
+            state.end_epoch(impl, history)
 
-    np_stream = NumpyStream(tracker)
-    np_batches = [(i.numpy(), l.numpy()) for i, l in batches]
-
-    def rec_numpy():
-        for idx, loss in np_batches:
-            np_stream.record(idx, loss)
-
-    rec = {name: median_time(fn, repeats) / nb for name, fn in
-           (("kernel", rec_kernel), ("torch-ops", rec_torch), ("numpy", rec_numpy))}
-
-    # end_epoch(): the O(N) update and the clearing of the epoch buffer, on a full epoch.
-    tracker._i32[0].fill_(0)
-
-    def end_kernel():  # as CLDTracker runs it in one process: the kernel clears the buffer
-        fill_epoch()
-        _ops.end_epoch(tracker._labels, history, 0, 1, *state, clear_epoch=True)
-
-    def end_torch():
-        fill_epoch()
-        kernels_torch.end_epoch(tracker._labels, history, 0, 1, *state)
-        tracker._epoch.zero_()
-
-    hist_np = history.numpy()
-
-    def end_numpy():
-        np_stream.epoch[0][:] = losses.numpy()
-        np_stream.epoch[1][:] = 1
-        np_stream.i32[0][:] = 0
-        np_stream.end_epoch(hist_np, 1)
-
-    fill_cost = median_time(fill_epoch, repeats)
-    end = {"kernel": median_time(end_kernel, repeats) - fill_cost,
-           "torch-ops": median_time(end_torch, repeats) - fill_cost,
-           "numpy": median_time(end_numpy, max(1, repeats // 2))}
-    for name in ("kernel", "torch-ops", "numpy"):
-        epoch = rec[name] * (n / BATCH) + end[name]
-        rows.append(dict(device="cpu", n=n, impl=name, record_us=rec[name] * 1e6,
-                         end_s=end[name], epoch_s=epoch, ns_per_sample=epoch / n * 1e9,
-                         gbps=EPOCH_BYTES[torch.float64] * n / end[name] / 1e9,
-                         bytes_per_sample=tracker.nbytes / n))
+        rows.append(row("cpu", n, impl, median_time(rec, repeats) / nb,
+                        median_time(end, repeats) - fill_cost, nbytes))
     return rows
 
 
 def bench_cuda(n: int, repeats: int) -> tuple[list[dict], float]:
     dev = "cuda"
-    tracker = make_tracker(n, dev, "float64")
+    nbytes = tracker_bytes_per_sample(n, dev)
+    state = KernelState.build(n, dev)
     perm = torch.randperm(n, device=dev)
     losses = torch.rand(n, device=dev) * 5
     history = torch.rand(8, CLASSES, dtype=torch.float64, device=dev)
-    state = (tracker._epoch[0], tracker._last, tracker._i32, tracker._acc, tracker._flags)
-    sync = torch.cuda.synchronize
     idx, loss = perm[:BATCH], losses[:BATCH]
     reps = 200
 
-    def rec_kernel():
-        for _ in range(reps):
-            _ops.record(idx, loss, tracker._epoch, n, tracker._flags)
+    timer = Timer(dev)
 
-    def rec_torch():
-        for _ in range(reps):
-            kernels_torch.record(idx, loss, tracker._epoch, n, tracker._flags)
-
-    rec = {"kernel": median_time(rec_kernel, repeats, sync=sync) / reps,
-           "torch-ops": median_time(rec_torch, repeats, sync=sync) / reps}
-    tracker._i32[0].fill_(0)
-
-    def timed_end(fn):
+    def timed_end(impl: str) -> float:  # CUDA events around the kernel alone
         times = []
         for _ in range(repeats + 1):
-            tracker._epoch[0, 0].copy_(losses)
-            tracker._epoch[0, 1].fill_(1)
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            stop.record()
-            sync()
-            times.append(start.elapsed_time(stop) / 1e3)
+            state.fill_epoch(losses)
+            times.append(timer.time(lambda: state.end_epoch(impl, history)))
         return float(np.median(times[1:]))
 
-    def end_kernel():  # as CLDTracker runs it in one process: the kernel clears the buffer
-        _ops.end_epoch(tracker._labels, history, 0, 1, *state, clear_epoch=True)
+    rows = []
+    for impl in IMPLS:
+        def rec():
+            for _ in range(reps):
+                state.record(impl, idx, loss)
 
-    def end_torch():
-        kernels_torch.end_epoch(tracker._labels, history, 0, 1, *state)
-        tracker._epoch.zero_()
-
-    end = {"kernel": timed_end(end_kernel), "torch-ops": timed_end(end_torch)}
+        record_s = median_time(rec, repeats, sync=torch.cuda.synchronize) / reps
+        rows.append(row(dev, n, impl, record_s, timed_end(impl), nbytes))
     src = torch.empty(max(n * EPOCH_BYTES[torch.float64] // 2, 2**28), dtype=torch.uint8, device=dev)
     dst = torch.empty_like(src)
-    copy_s = median_time(lambda: dst.copy_(src), repeats, sync=sync)
-    copy_gbps = 2 * src.numel() / copy_s / 1e9
-    rows = []
-    for name in ("kernel", "torch-ops"):
-        epoch = rec[name] * (n / BATCH) + end[name]
-        rows.append(dict(device="cuda", n=n, impl=name, record_us=rec[name] * 1e6,
-                         end_s=end[name], epoch_s=epoch, ns_per_sample=epoch / n * 1e9,
-                         gbps=EPOCH_BYTES[torch.float64] * n / end[name] / 1e9,
-                         bytes_per_sample=tracker.nbytes / n))
-    return rows, copy_gbps
+    copy_s = median_time(lambda: dst.copy_(src), repeats, sync=torch.cuda.synchronize)
+    return rows, 2 * src.numel() / copy_s / 1e9
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,14 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", default=str(RESULTS), help="file to write the section into")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
-    if args.gpu_only and not (torch.cuda.is_available() and _ops.cuda_compiled()):
+    if args.gpu_only and not (torch.cuda.is_available() and kernels.cuda_compiled()):
         ap.error("--gpu-only needs a CUDA GPU and a cldfast build with CUDA kernels")
     rows, copy_bw = [], {}
     for n in sizes:
         if not args.gpu_only:
             print(f"N={n:,}: cpu", flush=True)
             rows += bench_cpu(n, args.repeats, args.record_batches)
-        if torch.cuda.is_available() and _ops.cuda_compiled():
+        if torch.cuda.is_available() and kernels.cuda_compiled():
             print(f"N={n:,}: cuda", flush=True)
             cuda_rows, copy_bw[n] = bench_cuda(n, args.repeats)
             rows += cuda_rows
@@ -242,9 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append(f"- {dev}, N={n:,}: kernel vs torch-ops, whole epoch "
                              f"{by['torch-ops']['epoch_s'] / by['kernel']['epoch_s']:.1f}x, "
                              f"end_epoch {by['torch-ops']['end_s'] / by['kernel']['end_s']:.1f}x, "
-                             f"record {by['torch-ops']['record_us'] / by['kernel']['record_us']:.1f}x"
-                             + (f"; kernel vs numpy, whole epoch "
-                                f"{by['numpy']['epoch_s'] / by['kernel']['epoch_s']:.1f}x" if "numpy" in by else ""))
+                             f"record {by['torch-ops']['record_us'] / by['kernel']['record_us']:.1f}x")
             if dev == "cuda" and n in copy_bw and "kernel" in by:
                 notes.append(f"- cuda, N={n:,}: end_epoch kernel {by['kernel']['gbps']:.0f} GB/s = "
                              f"{100 * by['kernel']['gbps'] / copy_bw[n]:.0f} % of the device-to-device "

@@ -9,7 +9,7 @@ another's figures), and each writing its own section of RESULTS.md:
   bench_prune.py      dynamic pruning inside training: CLD-guided vs InfoBatch vs random, by sample-passes saved
   bench_scale.py      tracker time and memory from N = 1e5 to 1e8
   bench_rehearsal.py  an ImageNet-sized job (N = 1,281,167) through track, select, export, train
-  bench_update.py     record() and end_epoch() kernels vs torch ops and numpy
+  bench_update.py     record() and end_epoch(): native kernels vs their torch twins
   bench_distributed.py  tracker bytes per rank and the end_epoch collectives (Gloo ranks)
 
 The full run takes several hours on a 2-core CPU (bench_prune.py alone about 1 h 45 min, the

@@ -1,6 +1,6 @@
 // Python bindings of cldfast._core. Functions take raw addresses (tensor.data_ptr()), element
 // strides, sizes and dtype codes; the CUDA ones take the caller's stream last. Checking
-// tensors is the job of cldfast/_ops.py, which is the only caller.
+// tensors is the job of cldfast/core/kernels.py, the only caller of the kernel entry points.
 #include <pybind11/pybind11.h>
 
 #include <string>

@@ -30,7 +30,7 @@ void check(cudaError_t err, const char* what) {
 
 void check_launch(const char* what) { check(cudaGetLastError(), what); }
 
-// A safety net: cldfast/_ops.py already makes the tracker's device current through torch's
+// A safety net: cldfast/core/kernels.py already makes the tracker's device current through torch's
 // own device guard (which never creates a context just to restore a device), so this guard
 // normally finds the right device and does nothing. Called directly with another device
 // current, it switches for the launch and switches back.

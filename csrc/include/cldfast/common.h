@@ -22,7 +22,7 @@
 //   library (within 1 ulp), so losses agree to about 1e-6 relative (tested at 4e-6
 //   relative + 1e-6 absolute).
 //
-// The kernels never see a torch tensor: cldfast/_ops.py checks dtype, device and shape and
+// The kernels never see a torch tensor: cldfast/core/kernels.py checks dtype, device and shape and
 // hands over raw pointers, element strides and sizes.
 #pragma once
 
@@ -48,12 +48,12 @@
 
 namespace cldfast {
 
-// Element type codes shared with cldfast/_ops.py (keep in sync).
+// Element type codes shared with cldfast/core/kernels.py (keep in sync).
 enum DType : int {
   kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3, kInt64 = 4, kInt32 = 5, kInt16 = 6
 };
 
-// Layout of the int64 flag buffer written by the kernels (cldfast/_ops.py mirrors it).
+// Layout of the int64 flag buffer written by the kernels (cldfast/core/kernels.py mirrors it).
 enum Flag : int {
   kBadIndexCount = 0,   // indices outside [0, N) seen by record since the last check
   kFirstBadIndex = 1,   // the value of the first of them (in order of detection)

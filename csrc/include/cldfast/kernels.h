@@ -1,5 +1,5 @@
 // Entry points of the CPU and CUDA kernels. All pointers are raw device (or host) addresses
-// handed over by cldfast/_ops.py; strides are in elements. Tensor shapes are given as
+// handed over by cldfast/core/kernels.py; strides are in elements. Tensor shapes are given as
 // comments: N training samples, B batch rows, C classes, R rows of the validation history.
 #pragma once
 
