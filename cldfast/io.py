@@ -85,17 +85,29 @@ class ScoresFile:
 
 
 def save_scores(path: str | os.PathLike, scores: ScoresFile) -> Path:
-    """Write a scores file: a plain .npz (numpy arrays plus a JSON metadata string)."""
+    """Write a scores file: a plain .npz (numpy arrays plus a JSON metadata string). The one
+    writer of scores files; the parts are checked first (nothing is written if one is wrong)."""
     n = scores.scores.shape[0]
-    for name, arr in (("labels", scores.labels), ("train_indices", scores.train_indices)):
-        if arr.shape != (n,):
-            raise ValueError(f"{name} has shape {arr.shape}; expected ({n},) like scores")
+    if scores.scores.ndim != 1:
+        raise ValueError(f"scores must be 1-D [N]; got shape {scores.scores.shape}")
+    if scores.labels.shape != (n,):
+        raise ValueError(f"labels has shape {scores.labels.shape}; expected ({n},) like scores")
+    tr, va = scores.train_indices, scores.val_indices
+    if tr.shape != (n,) or tr.dtype.kind not in "iu":
+        raise ValueError(f"train_indices must be {n} integers (the dataset index of each scored "
+                         f"sample); got shape {tr.shape} and dtype {tr.dtype}")
+    if va.ndim != 1 or va.dtype.kind not in "iu":
+        raise ValueError(f"val_indices must be 1-D integer dataset indices; got shape "
+                         f"{va.shape} and dtype {va.dtype}")
+    for key, value in scores.extra.items():
+        if np.shape(value) != (n,):
+            raise ValueError(f"extra[{key!r}] has shape {np.shape(value)}; expected ({n},)")
     meta = {"format": SCORES_FORMAT, **scores.metadata}
     arrays = {"scores": scores.scores.astype(np.float64), "labels": scores.labels.astype(np.int64),
               "train_indices": scores.train_indices.astype(np.int64),
               "val_indices": scores.val_indices.astype(np.int64),
               "metadata": np.array(json.dumps(meta, sort_keys=True))}
-    arrays.update({f"extra_{k}": v for k, v in scores.extra.items()})
+    arrays.update({f"extra_{k}": np.asarray(v) for k, v in scores.extra.items()})
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:

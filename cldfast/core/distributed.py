@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_from_env", "rank_world", "is_main", "barrier", "sum_across", "values_across",
-           "eval_shard", "gather_batch", "local_device", "all_reduce_sum_", "reduce_scatter_sum",
-           "all_gather_flat", "gather_to_first", "gather_1d"]
+__all__ = ["init_from_env", "rank_world", "discover", "is_main", "barrier", "sum_across",
+           "values_across", "eval_shard", "gather_batch", "local_device", "all_reduce_sum_",
+           "reduce_scatter_sum", "all_gather_flat", "gather_to_first", "gather_1d"]
 
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -43,6 +43,21 @@ def rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def discover(distributed: bool | None, group: Any = None) -> tuple[bool, int, int]:
+    """(distributed, world size, rank) of an object that shards over ``group``:
+    ``distributed=None`` when a process group with more than one rank is initialised,
+    ``True`` requires one, ``False`` is one whole process (rank 0 of 1)."""
+    ready = dist.is_available() and dist.is_initialized()
+    if distributed is None:
+        distributed = ready and dist.get_world_size(group) > 1
+    elif distributed and not ready:
+        raise RuntimeError("distributed=True but torch.distributed has no initialised process "
+                           "group; call torch.distributed.init_process_group first")
+    if not distributed:
+        return False, 1, 0
+    return True, dist.get_world_size(group), dist.get_rank(group)
 
 
 def is_main() -> bool:

@@ -83,11 +83,11 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..core.state import Stateful
 
@@ -111,12 +111,17 @@ def default_el2n_epoch(epochs: int) -> int:
 # Recorders
 # --------------------------------------------------------------------------------------------
 
+_SAME_OPTIONS = ("{owner}: checkpoint written with {key}={saved!r}, this recorder has "
+                 "{key}={mine!r}: resume with the same options")
+
+
 class _Recorder(Stateful):
     """Common plumbing: state placed on the logits' device, input checks, timing, checkpoints.
 
     Subclasses declare their tensors in ``_init_state`` with ``add_state`` (cldfast.core.state):
     checkpointed state under its own name, scratch buffers (zero between batches) with
-    ``key=None``; moves, ``nbytes`` and checkpoint checks follow from that.
+    ``key=None``; the checkpoint, moves and ``nbytes`` follow from that. ``score_arrays()``
+    returns the recorder's named [N] float64 score arrays.
     """
 
     name = "recorder"
@@ -126,8 +131,17 @@ class _Recorder(Stateful):
         if n < 1:
             raise ValueError(f"num_samples must be >= 1; got {num_samples}")
         self.num_samples = n
-        self.seconds = 0.0  # host time spent in on_batch / on_epoch_end (no device sync)
+        self.add_config("recorder", self.name, message=_SAME_OPTIONS)
+        self.add_config("num_samples", n, message=_SAME_OPTIONS)
+        self.add_config("config", self._config(), message=_SAME_OPTIONS)
+        # host time spent in on_batch / on_epoch_end (no device sync)
+        self.add_value("seconds", 0.0, default=0.0, decode=float)
         self._init_state()
+
+    @property
+    def state_key(self) -> str:
+        """This recorder's name in checkpoints (its method name)."""
+        return self.name
 
     # subclasses create their tensors here (on the CPU; moved to the logits' device on use)
     def _init_state(self) -> None:
@@ -180,34 +194,15 @@ class _Recorder(Stateful):
     def _end_epoch(self, epoch: int) -> None:
         pass
 
-    def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = self.saved_states()
-        state["recorder"] = self.name
-        state["config"] = self._config()
-        state["num_samples"] = self.num_samples
-        state["seconds"] = float(self.seconds)
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("recorder") != self.name or int(state.get("num_samples", -1)) != self.num_samples:
-            raise ValueError(f"checkpoint holds recorder {state.get('recorder')!r} over "
-                             f"{state.get('num_samples')} samples; this is {self.name!r} over "
-                             f"{self.num_samples}: resume with the same options")
-        if state.get("config") != self._config():
-            raise ValueError(f"{self.name}: checkpoint written with {state.get('config')}, this "
-                             f"recorder has {self._config()}: resume with the same options")
-        self.check_saved(state, self.name)
-        dev = self.device
-        for key in self.saved_states():
-            setattr(self, key, state[key].to(dev).clone())
-        self.seconds = float(state.get("seconds", 0.0))
-
-    def scores(self) -> dict[str, np.ndarray]:
+    def score_arrays(self) -> dict[str, np.ndarray]:
+        """Named [N] float64 score arrays (NaN: no score)."""
         raise NotImplementedError
 
-    def score_arrays(self) -> dict[str, np.ndarray]:
-        """The :class:`cldfast.training.BatchRecorder` view: named [N] score arrays."""
-        return self.scores()
+    def scores(self) -> dict[str, np.ndarray]:
+        """Deprecated name of :meth:`score_arrays`."""
+        warnings.warn(f"{type(self).__name__}.scores() is deprecated; use score_arrays()",
+                      DeprecationWarning, stacklevel=2)
+        return self.score_arrays()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_samples={self.num_samples}, {self.nbytes} bytes)"
@@ -220,7 +215,7 @@ class ForgettingRecorder(_Recorder):
     (copies and correct copies) instead of ``torch.unique``, so an update never waits for
     the device: every copy computes the same new state and writes it.
 
-    scores(): ``forgetting`` float64 [N] (never-learned samples: 1 + the largest count; NaN
+    score_arrays(): ``forgetting`` float64 [N] (never-learned samples: 1 + the largest count; NaN
     if never observed) and ``forgetting_never_learned`` float64 [N] (1.0 / 0.0; NaN if never
     observed).
     """
@@ -247,7 +242,7 @@ class ForgettingRecorder(_Recorder):
         self._copies[pos] = 0
         self._right[pos] = 0
 
-    def scores(self) -> dict[str, np.ndarray]:
+    def score_arrays(self) -> dict[str, np.ndarray]:
         seen = (self.last >= 0).cpu().numpy()
         events = self.events.cpu().numpy().astype(np.float64)
         learned = self.learned.cpu().numpy()
@@ -263,7 +258,7 @@ class ForgettingRecorder(_Recorder):
 class AUMRecorder(_Recorder):
     """Area under the margin (Pleiss et al. 2020) on logits; see the module docstring.
 
-    scores(): ``aum`` float64 [N] (NaN if never observed).
+    score_arrays(): ``aum`` float64 [N] (NaN if never observed).
     """
 
     name = "aum"
@@ -278,7 +273,7 @@ class AUMRecorder(_Recorder):
         self.total.index_add_(0, pos, (assigned - others).double())
         self.count.index_add_(0, pos, torch.ones_like(pos, dtype=torch.int32))
 
-    def scores(self) -> dict[str, np.ndarray]:
+    def score_arrays(self) -> dict[str, np.ndarray]:
         total, count = self.total.cpu().numpy(), self.count.cpu().numpy()
         with np.errstate(invalid="ignore", divide="ignore"):
             aum = np.where(count > 0, total / np.maximum(count, 1), np.nan)
@@ -292,7 +287,7 @@ class EL2NRecorder(_Recorder):
         num_samples: size of the training split.
         epoch: 1-based epoch whose observations are averaged (e.g. :func:`default_el2n_epoch`).
 
-    scores(): ``el2n`` float64 [N] (NaN if not observed in that epoch).
+    score_arrays(): ``el2n`` float64 [N] (NaN if not observed in that epoch).
     """
 
     name = "el2n"
@@ -318,7 +313,7 @@ class EL2NRecorder(_Recorder):
         self.total.index_add_(0, pos, torch.linalg.vector_norm(err, dim=1).double())
         self.count.index_add_(0, pos, torch.ones_like(pos, dtype=torch.int32))
 
-    def scores(self) -> dict[str, np.ndarray]:
+    def score_arrays(self) -> dict[str, np.ndarray]:
         total, count = self.total.cpu().numpy(), self.count.cpu().numpy()
         if not (count > 0).any():
             log.warning("EL2N: no training batch of epoch %d was seen (the proxy stopped earlier?); "
@@ -331,7 +326,7 @@ class UncertaintyRecorder(_Recorder):
     """Entropy, margin and least confidence at the end of training (the last epoch in which
     each sample was seen); see the module docstring.
 
-    scores(): ``entropy``, ``margin``, ``least_confidence`` float64 [N] (NaN if never seen).
+    score_arrays(): ``entropy``, ``margin``, ``least_confidence`` float64 [N] (NaN if never seen).
     """
 
     name = "uncertainty"
@@ -360,7 +355,7 @@ class UncertaintyRecorder(_Recorder):
         self.cur.zero_()
         self.cur_count.zero_()
 
-    def scores(self) -> dict[str, np.ndarray]:
+    def score_arrays(self) -> dict[str, np.ndarray]:
         last = self.last.cpu().numpy()
         return {"entropy": last[:, 0].copy(), "margin": last[:, 1].copy(),
                 "least_confidence": last[:, 2].copy()}
@@ -370,7 +365,7 @@ class CartographyRecorder(_Recorder):
     """Dataset Cartography (Swayamdipta et al. 2020): mean (confidence) and population std
     (variability) over epochs of the per-epoch mean p(y). Welford updates, O(N) state.
 
-    scores(): ``confidence``, ``variability`` float64 [N] (NaN if never seen).
+    score_arrays(): ``confidence``, ``variability`` float64 [N] (NaN if never seen).
     """
 
     name = "cartography"
@@ -400,7 +395,7 @@ class CartographyRecorder(_Recorder):
         self.cur.zero_()
         self.cur_count.zero_()
 
-    def scores(self) -> dict[str, np.ndarray]:
+    def score_arrays(self) -> dict[str, np.ndarray]:
         k = self.epochs.cpu().numpy()
         mean, m2 = self.mean.cpu().numpy(), self.m2.cpu().numpy()
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -487,12 +487,15 @@ def test_empty_index_list_and_double_backward():
 
 
 def test_tracker_as_a_batch_recorder_matches_record_and_end_epoch():
-    """CLDTracker through the BatchRecorder hooks (on_batch with logits, on_epoch_end) equals
+    """CLDTracker through TrackerRecorder's hooks (on_batch with logits, on_epoch_end) equals
     the same losses through record / end_epoch; without validation on_epoch_end refuses."""
+    from cldfast.core import TrackerRecorder
+
     g = torch.Generator().manual_seed(3)
     n, q, c, epochs = 40, 12, 3, 4
     labels, val_labels = torch.randint(0, c, (n,), generator=g), torch.arange(q) % c
-    hooked, plain = CLDTracker(labels, val_labels), CLDTracker(labels, val_labels)
+    hooked = TrackerRecorder(CLDTracker(labels, val_labels))
+    plain = CLDTracker(labels, val_labels)
     for e in range(epochs):
         logits = torch.randn(n, c, generator=g)
         val = torch.rand(q, generator=g)
@@ -500,14 +503,64 @@ def test_tracker_as_a_batch_recorder_matches_record_and_end_epoch():
             hooked.on_batch(part, logits[part], labels[part], e)
             plain.record(part, torch.nn.functional.cross_entropy(logits[part], labels[part],
                                                                  reduction="none"))
-        hooked.record_validation(val)
+        hooked.tracker.record_validation(val)
         plain.record_validation(val)
         hooked.on_epoch_end(e)
         plain.end_epoch()
-    torch.testing.assert_close(hooked.scores(), plain.scores(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(hooked.tracker.scores(), plain.scores(), rtol=0, atol=1e-6)
     arrays = hooked.score_arrays()
     assert set(arrays) == {"cld", "num_differences"} and (arrays["num_differences"] == 3).all()
-    fresh = CLDTracker(labels, val_labels)
+    assert arrays["cld"].dtype == np.float64 and arrays["cld"].shape == (n,)
+    assert set(hooked.state_dict()) == set(plain.state_dict())
+    fresh = TrackerRecorder(CLDTracker(labels, val_labels))
     fresh.on_batch(torch.arange(n), torch.randn(n, c), labels, 0)
     with pytest.raises(RuntimeError, match="record_validation"):
         fresh.on_epoch_end(0)
+    # The tracker's own hooks still work, deprecated.
+    old = CLDTracker(labels, val_labels)
+    with pytest.warns(DeprecationWarning, match="TrackerRecorder"):
+        old.on_batch(torch.arange(n), torch.randn(n, c), labels, 0)
+    old.record_validation(torch.rand(q))
+    with pytest.warns(DeprecationWarning):
+        old.on_epoch_end(0)
+    assert old.checkpoint == 1
+
+
+def test_save_writes_one_scores_file_with_the_run_facts(tmp_path):
+    """CLDTracker.save: the scores of the numpy reference, the labels, the indices given (or
+    their defaults), the number of differences and the run's facts, written by the one writer
+    (cldfast.io.save_scores); bad indices are refused before anything is written."""
+    from cldfast.io import load_scores
+
+    rng = np.random.default_rng(11)
+    n, q, c, t_max = 30, 9, 3, 5
+    labels, val_labels = rng.integers(0, c, n), np.arange(q) % c
+    train = rng.gamma(2.0, 1.0, (t_max, n))
+    train[1, :4] = np.nan  # samples 0-3 miss checkpoint 1
+    val = rng.gamma(2.0, 1.0, (t_max, q))
+    tracker = CLDTracker(labels, val_labels)
+    for t in range(t_max):
+        seen = np.flatnonzero(np.isfinite(train[t]))
+        tracker.record(torch.from_numpy(seen), torch.from_numpy(train[t, seen]))
+        tracker.record_validation(torch.from_numpy(val[t]))
+        tracker.end_epoch()
+    path = tracker.save(tmp_path / "s.npz", train_indices=np.arange(n) * 3 + 1,
+                        metadata={"dataset": "toy"}, extra={"other": np.arange(n) * 0.5})
+    sf = load_scores(path)
+    want = cld_reference_dense(train, val, labels, val_labels)
+    np.testing.assert_allclose(sf.scores, want, rtol=0, atol=1e-6)  # float32 epoch sums
+    np.testing.assert_array_equal(sf.labels, labels)
+    np.testing.assert_array_equal(sf.train_indices, np.arange(n) * 3 + 1)
+    np.testing.assert_array_equal(sf.val_indices, np.full(q, -1))
+    want_diff = np.where(np.arange(n) < 4, t_max - 2, t_max - 1)
+    np.testing.assert_array_equal(sf.extra["num_differences"], want_diff)
+    np.testing.assert_array_equal(sf.extra["other"], np.arange(n) * 0.5)
+    meta = sf.metadata
+    assert (meta["dataset"], meta["source"], meta["checkpoints"], meta["world_size"]) == (
+        "toy", "CLDTracker.save", t_max, 1)
+    assert meta["precision"] == "float64" and meta["per_class"] is True and meta["num_classes"] == c
+    with pytest.raises(ValueError, match="val_indices must be 9 integers"):
+        tracker.save(tmp_path / "bad.npz", val_indices=np.arange(3))
+    with pytest.raises(ValueError, match="extra\\['x'\\] has shape"):
+        tracker.save(tmp_path / "bad.npz", extra={"x": np.zeros(n + 1)})
+    assert not (tmp_path / "bad.npz").exists()

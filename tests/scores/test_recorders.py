@@ -159,7 +159,7 @@ def test_recorded_scores_match_numpy_definitions(device, dtype):
     feed(recs, batches, device, dtype)
     got = {}
     for r in recs:
-        got.update(r.scores())
+        got.update(r.score_arrays())
     ref = rounded(batches, dtype)
 
     forgetting, never, seen = ref_forgetting(ref, n)
@@ -195,10 +195,17 @@ def test_recorders_resume_from_a_checkpoint_exactly(tmp_path):
         r.load_state_dict(s)
     feed(resumed, batches, from_epoch=2)
     for a, b in zip(straight, resumed):
-        for k, v in a.scores().items():
-            np.testing.assert_array_equal(v, b.scores()[k], err_msg=k)
+        for k, v in a.score_arrays().items():
+            np.testing.assert_array_equal(v, b.score_arrays()[k], err_msg=k)
     with pytest.raises(ValueError, match="same options"):
         recorders_for_training(n, 5, el2n_epoch=4)[2].load_state_dict(states[2])
+    with pytest.raises(ValueError, match="recorder='aum', this recorder has recorder='el2n'"):
+        resumed[2].load_state_dict(states[1])
+    with pytest.raises(ValueError, match="'total' should be torch.float64"):
+        AUMRecorder(n + 1).load_state_dict({**states[1], "num_samples": n + 1})
+    with pytest.warns(DeprecationWarning, match="score_arrays"):
+        old_name = resumed[1].scores()
+    np.testing.assert_array_equal(old_name["aum"], straight[1].score_arrays()["aum"])
 
 
 def test_recorder_input_errors():
@@ -242,7 +249,7 @@ def test_scores_from_a_real_proxy_run_match_the_logits_it_saw(tmp_path):
         def on_epoch_end(self, epoch):
             pass
 
-        def scores(self):
+        def score_arrays(self):
             return {}
 
         def state_dict(self):
