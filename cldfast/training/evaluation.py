@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core import distributed as ddist
-from ..data.datasets import InMemoryImageDataset
+from ..data.datasets import BatchServing, serves_batches
 from ..data.indexed import IndexedSubset, make_loader
 from ..data.stream import is_streamed
 from .recipe import Recipe
@@ -42,12 +42,11 @@ def to_device(batch, device: torch.device, channels_last: bool):
     return x, y.to(device, non_blocking=True), k
 
 
-def _batched_source(dataset) -> InMemoryImageDataset | None:
-    """``dataset`` itself when its items can be served a batch at a time (in memory, no
+def _batched_source(dataset) -> BatchServing | None:
+    """``dataset`` itself when its items can be served a batch at a time
+    (:func:`cldfast.data.serves_batches`: a :class:`cldfast.data.BatchServing` without
     augmentation), else None (then a DataLoader collates items one by one)."""
-    if isinstance(dataset, InMemoryImageDataset) and not dataset.augmented:
-        return dataset
-    return None
+    return dataset if serves_batches(dataset) else None
 
 
 @contextmanager

@@ -25,8 +25,10 @@ between ranks and loader workers, a seeded shuffle buffer; index order with
 the eval passes stream the shards once (:func:`cldfast.training.shared_predict`).
 
 The parts, in the order :func:`fit` runs them: :class:`_Run` builds the model, optimizer and
-schedule and restores a checkpoint (``resume``); ``train_epoch`` is the batch loop;
-:meth:`Tracking.close_checkpoint` closes a CLD checkpoint; ``test`` is the test pass.
+schedule and restores a resume checkpoint (``resume``); ``train_epoch`` is the batch loop;
+``end_epoch`` runs the epoch-end hooks (:class:`Tracking` closes the tracked CLD epoch after
+its eval pass, then the recorders and the callbacks; the public hooks and their order:
+:mod:`cldfast.training.callbacks`); ``test`` is the test pass.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -50,49 +52,30 @@ from ..data.indexed import IndexedSubset, make_loader
 from .checkpoints import Checkpoints, Preempted, SigtermWatch, jsonable, load_checkpoint
 from .evaluation import mean_across, shared_predict, to_device, tqdm
 from .models import model_name, resolve_model
+from .callbacks import BatchRecorder, Callback, FitContext, PrunerLike, TrainBatch, state_keys
 from .recipe import Recipe, make_optimizer, make_scheduler, smoothed_losses
+from .seeding import epoch_seed, seed_everything
 
 log = logging.getLogger("cldfast")
 
-__all__ = ["LOSS_SOURCES", "Tracking", "BatchRecorder", "FitResult", "fit"]
+__all__ = ["LOSS_SOURCES", "Tracking", "BatchRecorder", "Callback", "FitContext", "TrainBatch",
+           "FitResult", "fit"]
 
 LOSS_SOURCES = ("eval", "train")
 
 
-class BatchRecorder(Protocol):
-    """Something that watches the training pass, e.g. a streaming baseline score.
-
-    ``on_batch`` gets the positions (CPU or device int64 [B], positions in the training
-    split), the detached logits [B, C] and the targets [B] of every training batch;
-    ``on_epoch_end`` is called after each epoch (0-based). ``state_dict`` /
-    ``load_state_dict`` go into the per-epoch checkpoint, so a resumed run continues them.
-    The recorders of :mod:`cldfast.scores.recorders`, a :class:`cldfast.CLDTracker` (train-mode
-    losses) and the pruners of :mod:`cldfast.training.pruning` are BatchRecorders.
-    """
-
-    def on_batch(self, positions: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
-                 epoch: int) -> None: ...
-
-    def on_epoch_end(self, epoch: int) -> None: ...
-
-    def score_arrays(self) -> dict[str, np.ndarray]:
-        """Named [N] score arrays (stored in the scores file by :func:`cldfast.pipeline.track`)."""
-        ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
 @dataclass
-class Tracking:
-    """What to record while training: the tracker over the training split, the source of
-    the losses, the validation split (original indices) and which epochs feed CLD."""
+class Tracking(Callback):
+    """CLD tracking as a callback of :func:`fit`: the tracker over the training split, the
+    source of the losses, the validation split (original indices) and which epochs feed CLD
+    (their ends are the tracked epochs, the checkpoints of CLD). Its ``on_epoch_end`` runs
+    first among the callbacks: the eval pass, then the tracked epoch is closed."""
 
     tracker: CLDTracker
     loss_source: str  # "eval" (the paper's estimator) or "train" (an approximation)
     val_indices: np.ndarray
-    epochs: list[int]  # 0-based epochs whose end is a CLD checkpoint
+    epochs: list[int]  # 0-based epochs whose end closes a tracked epoch
+    state_key = "tracker"
 
     def __post_init__(self) -> None:
         if self.loss_source not in LOSS_SOURCES:
@@ -103,33 +86,35 @@ class Tracking:
         """Whether the training pass of ``epoch`` feeds the tracker (train mode)."""
         return self.loss_source == "train" and epoch in self._tracked
 
-    def close_checkpoint(self, run: "_Run", epoch: int) -> dict[str, float] | None:
+    def on_epoch_end(self, ctx: FitContext, epoch: int) -> dict[str, float] | None:
         """After a tracked epoch: the eval pass (eval mode: training and validation split in
         one pass; train mode: the validation split), ``record_validation`` and ``end_epoch``.
         Returns the validation loss and accuracy for the epoch's log (None if untracked)."""
         if epoch not in self._tracked:
             return None
-        tr, n_train = self.tracker, run.train_indices.shape[0]
+        t0 = time.perf_counter()
+        tr, n_train = self.tracker, ctx.train_indices.shape[0]
         if self.loss_source == "eval":
             # One eval pass serves the training split's losses and the validation split's:
             # the two index lists are concatenated and split again after.
-            both = np.concatenate([run.train_indices, self.val_indices])
+            both = np.concatenate([ctx.train_indices, self.val_indices])
             positions, losses, vcorrect = shared_predict(
-                run.model, run.bundle.train_eval, both, run.recipe, run.device,
-                "eval pass (train + validation split)", run.progress)
+                ctx.model, ctx.bundle.train_eval, both, ctx.recipe, ctx.device,
+                "eval pass (train + validation split)", ctx.progress)
             is_train = positions < n_train
             mask = torch.from_numpy(is_train)
             tr.record(torch.from_numpy(positions[is_train]), losses[mask].to(tr.device))
             positions = positions[~is_train] - n_train
             vloss, vcorrect = losses[~mask], vcorrect[~mask]
-            run.result.extra_forward_passes += 1
+            ctx.result.extra_forward_passes += 1
         else:
             positions, vloss, vcorrect = shared_predict(
-                run.model, run.bundle.train_eval, self.val_indices, run.recipe, run.device,
-                "validation", run.progress)
+                ctx.model, ctx.bundle.train_eval, self.val_indices, ctx.recipe, ctx.device,
+                "validation", ctx.progress)
         tr.record_validation(vloss, torch.from_numpy(positions))
         tr.end_epoch()
         val_loss, val_acc = mean_across(vloss, vcorrect)
+        ctx.result.tracking_seconds += time.perf_counter() - t0
         return {"val_loss": val_loss, "val_acc": val_acc}
 
 
@@ -146,16 +131,6 @@ class FitResult:
     prune: dict[str, Any] | None = None  # the pruner's summary (sample-passes saved, ...)
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return (int(seed) * 1_000_003 + int(epoch) * 7919) % 2**62
-
-
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -166,8 +141,9 @@ class _Run:
 
     def __init__(self, bundle: DatasetBundle, train_indices: np.ndarray, model: Any,
                  recipe: Recipe, *, tracking: Tracking | None, recorders: Sequence[BatchRecorder],
-                 pruner: Any, checkpoint: str | Path | None, progress: bool, desc: str,
-                 run_config: dict[str, Any] | None) -> None:
+                 pruner: PrunerLike | None, callbacks: Sequence[Callback],
+                 checkpoint: str | Path | None, progress: bool, desc: str,
+                 run_config: dict[str, Any] | None, stop_epoch: int) -> None:
         recipe.check()
         # workers="auto" resolved for this data (0 for in-memory tensors): the checkpoint's
         # config records the number, and the eval passes use the same.
@@ -181,10 +157,13 @@ class _Run:
                              "on a CLD coreset of the shards (indices= / --scores)")
         self.train_indices = np.asarray(train_indices, dtype=np.int64)
         self.tracking, self.recorders, self.pruner = tracking, list(recorders), pruner
+        self.callbacks = list(callbacks)
+        self.recorder_keys = state_keys(self.recorders)
+        self.callback_keys = state_keys(self.callbacks)
         self.device = ddist.local_device(recipe.resolved_device())
         self.rank, self.world = ddist.rank_world()
         self.progress = progress and self.rank == 0
-        _seed_everything(recipe.seed)
+        seed_everything(recipe.seed)
         self.model = resolve_model(model, bundle.num_classes, bundle.input_shape).to(self.device)
         # channels_last on the CPU too (mkldnn's pooling and convolutions are much faster in
         # it), but not under DDP there: its gradient buckets follow the parameters' strides.
@@ -215,6 +194,10 @@ class _Run:
         # Watchers of every batch: the recorders, and a pruner that scores from the batches.
         self.watchers = self.recorders + ([pruner] if pruner is not None and pruner.needs_batches
                                           else [])
+        self.ctx = FitContext(bundle=bundle, train_indices=self.train_indices, recipe=recipe,
+                              model=self.model, device=self.device, rank=self.rank,
+                              world=self.world, progress=self.progress, result=self.result,
+                              stop_epoch=int(stop_epoch))
 
     # ----- checkpoints ---------------------------------------------------------------------
     def resume(self) -> None:
@@ -259,8 +242,8 @@ class _Run:
         if self.tracking is not None:
             tracker_states = [s["tracker"] for s in states]
             self.tracking.tracker.load_state_dict(tracker_states if elastic else tracker_states[0])
-        for rec, rec_state in zip(self.recorders, state.get("recorders") or []):
-            rec.load_state_dict(rec_state)
+        self._load_keyed("recorders", self.recorders, self.recorder_keys, state, ckpt)
+        self._load_keyed("callbacks", self.callbacks, self.callback_keys, state, ckpt)
         if self.pruner is not None:
             self.pruner.load_state_dict(state["pruner"])
         self.start_epoch = int(state["epoch"])
@@ -286,6 +269,22 @@ class _Run:
         r.extra_forward_passes = int(state.get("extra_forward_passes", 0))
         log.info("resumed %s from %s at epoch %d%s", self.desc, ckpt, self.start_epoch,
                  f" after batch {batches_done}" if batches_done else "")
+
+    @staticmethod
+    def _load_keyed(what: str, objects: list[Any], keys: list[str], state: dict[str, Any],
+                    ckpt: Any) -> None:
+        """Restore recorders or callbacks from a resume checkpoint: by ``state_key`` (a list,
+        as checkpoints before state keys wrote the recorders, is matched by position)."""
+        saved = state.get(what) or {}
+        if isinstance(saved, list):
+            saved = dict(zip(keys, saved))
+        for obj, key in zip(objects, keys):
+            if not hasattr(obj, "load_state_dict"):
+                continue
+            if key not in saved:
+                raise ValueError(f"{ckpt} holds no state for the {what[:-1]} {key!r} (it has "
+                                 f"{sorted(saved) or 'none'}); resume with the same {what}")
+            obj.load_state_dict(saved[key])
 
     def _elastic_order(self, epoch: int, old_world: int, batches_done: int) -> np.ndarray:
         """This rank's positions for the rest of ``epoch`` after a run of ``old_world``
@@ -323,7 +322,9 @@ class _Run:
             "partial": partial, "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
             "tracker": self.tracking.tracker.state_dict() if self.tracking is not None else None,
-            "recorders": [rec.state_dict() for rec in self.recorders],
+            "recorders": {k: rec.state_dict() for k, rec in zip(self.recorder_keys, self.recorders)},
+            "callbacks": {k: cb.state_dict() for k, cb in zip(self.callback_keys, self.callbacks)
+                          if hasattr(cb, "state_dict")},
             "pruner": self.pruner.state_dict() if self.pruner is not None else None,
             "history": r.history, "seconds": r.seconds,
             "tracking_seconds": r.tracking_seconds,
@@ -344,11 +345,11 @@ class _Run:
         if self.streamed and dataset is None:
             # The shards in this epoch's order (seeded), split between ranks and workers.
             view = self.bundle.train.training_view(
-                self.train_indices, seed=_epoch_seed(self.recipe.seed, epoch), rank=rank,
+                self.train_indices, seed=epoch_seed(self.recipe.seed, epoch), rank=rank,
                 world=world, shuffle=self.recipe.shuffle, batch_size=self.recipe.batch_size,
                 workers=workers)
             return make_loader(view, self.recipe.batch_size, shuffle=False, num_workers=workers,
-                               seed=_epoch_seed(self.recipe.seed, epoch))
+                               seed=epoch_seed(self.recipe.seed, epoch))
         dataset = self.train_set if dataset is None else dataset
         sampler = None
         if epoch == self.start_epoch and self.elastic_order is not None and dataset is self.train_set:
@@ -362,7 +363,7 @@ class _Run:
             sampler.set_epoch(epoch)
         return make_loader(dataset, self.recipe.batch_size,
                            shuffle=sampler is None and self.recipe.shuffle, num_workers=workers,
-                           seed=_epoch_seed(self.recipe.seed, epoch), sampler=sampler)
+                           seed=epoch_seed(self.recipe.seed, epoch), sampler=sampler)
 
     def _batch_losses(self, k, out, y, record: bool) -> torch.Tensor:
         """Per-sample losses of the training objective (CE, label-smoothed if asked); in
@@ -376,8 +377,9 @@ class _Run:
     def train_epoch(self, epoch: int, stop: int, watch: SigtermWatch) -> dict[str, float]:
         """The batch loop of ``epoch``; returns the epoch's training loss and accuracy."""
         self.net.train()
+        self.ctx.epoch = epoch
         # Augmentation in the main process draws from torch's global generator.
-        torch.manual_seed(_epoch_seed(self.recipe.seed, epoch) + self.rank)
+        torch.manual_seed(epoch_seed(self.recipe.seed, epoch) + self.rank)
         loader = self._loader(epoch)
         record = self.tracking is not None and self.tracking.records_training(epoch)
         # Running sums stay on the device: reading them every batch would synchronise.
@@ -398,12 +400,16 @@ class _Run:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 out = self.net(x)
             losses = self._batch_losses(k, out, y, record)
-            if self.watchers:
+            if self.watchers or self.callbacks:
                 # Under torch.distributed every rank's recorders see every rank's batch, so
                 # each holds the whole run's per-sample state (the scores rank 0 writes).
                 seen_k, seen_out, seen_y = ddist.gather_batch(k, out.detach(), y)
                 for rec in self.watchers:
                     rec.on_batch(seen_k, seen_out, seen_y, epoch)
+                if self.callbacks:
+                    seen = TrainBatch(seen_k, seen_out, seen_y, epoch)
+                    for cb in self.callbacks:
+                        cb.on_train_batch(self.ctx, seen)
             if self.pruner is not None:
                 loss = (losses * self.pruner.loss_weights(k, losses.device)).mean()
             else:
@@ -424,14 +430,23 @@ class _Run:
                 raise Preempted(f"epoch {epoch + 1}, after batch {b + 1}")
         tot_loss, tot_correct, seen = sums.tolist()
         self.sched.step()
-        for rec in self.recorders:
-            rec.on_epoch_end(epoch)
         tot_loss, tot_correct, seen = ddist.sum_across([tot_loss, float(tot_correct), float(seen)])
         entry = {"epoch": epoch + 1, "train_loss": tot_loss / max(seen, 1),
                  "train_acc": tot_correct / max(seen, 1), "lr": self.opt.param_groups[0]["lr"]}
         if self.pruner is not None:
             entry["kept_fraction"] = float(self.pruner.history[-1]["kept"]) / self.pruner.num_samples
         return entry
+
+    def end_epoch(self, epoch: int, entry: dict[str, Any]) -> None:
+        """The epoch-end hooks, in order: CLD tracking (eval pass, tracked epoch closed), the
+        recorders, the callbacks; what they return goes into the epoch's log ``entry``."""
+        self.ctx.epoch = epoch
+        if self.tracking is not None:
+            entry.update(self.tracking.on_epoch_end(self.ctx, epoch) or {})
+        for rec in self.recorders:
+            rec.on_epoch_end(epoch)
+        for cb in self.callbacks:
+            entry.update(cb.on_epoch_end(self.ctx, epoch) or {})
 
     def test(self) -> float:
         if len(self.bundle.test_targets) == 0:  # e.g. shards without --test-data-path
@@ -447,7 +462,8 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, model: Any, recipe: Re
         tracking: Tracking | None = None, stop_epoch: int | None = None,
         checkpoint: str | Path | None = None, resume: bool = False, evaluate_test: bool = True,
         progress: bool = True, desc: str = "train", run_config: dict[str, Any] | None = None,
-        recorders: Sequence[BatchRecorder] = (), pruner: Any = None) -> FitResult:
+        recorders: Sequence[BatchRecorder] = (), pruner: PrunerLike | None = None,
+        callbacks: Sequence[Callback] = ()) -> FitResult:
     """Train ``model`` on ``bundle.train[train_indices]``, optionally tracking CLD.
 
     Args:
@@ -456,32 +472,32 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, model: Any, recipe: Re
             ``fn(num_classes, input_shape) -> nn.Module``.
         train_indices: int64 [M] original dataset indices to train on (with tracking: the
             training split, in the order the tracker's positions refer to).
+        tracking: CLD tracking (:class:`Tracking`), the first callback at every epoch's end.
         stop_epoch: stop after this many epochs (default ``recipe.epochs``); the learning
             rate schedule still follows ``recipe.epochs``.
-        checkpoint: file for the per-epoch checkpoint; ``resume`` continues from it.
+        checkpoint: file for the per-epoch resume checkpoint; ``resume`` continues from it.
         run_config: anything identifying the run; a resumed checkpoint must match it.
         recorders: watchers of every training batch (see :class:`BatchRecorder`).
-        pruner: a :class:`cldfast.training.pruning.Pruner`: each epoch trains on its plan,
-            each kept sample's loss weighted by its weight.
+        pruner: a :class:`cldfast.training.pruning.Pruner` (:class:`PrunerLike`): each epoch
+            trains on its plan, each kept sample's loss weighted by its weight.
+        callbacks: :class:`Callback` objects; the order of all hooks is documented in
+            :mod:`cldfast.training.callbacks`.
     """
+    stop = recipe.epochs if stop_epoch is None else int(stop_epoch)
     run = _Run(bundle, train_indices, model, recipe, tracking=tracking, recorders=recorders,
-               pruner=pruner, checkpoint=checkpoint, progress=progress, desc=desc,
-               run_config=run_config)
+               pruner=pruner, callbacks=callbacks, checkpoint=checkpoint, progress=progress,
+               desc=desc, run_config=run_config, stop_epoch=stop)
     if resume:
         run.resume()
-    stop = recipe.epochs if stop_epoch is None else int(stop_epoch)
     result, watch = run.result, SigtermWatch()
+    for cb in run.callbacks:
+        cb.on_fit_start(run.ctx)
     try:
         for epoch in range(run.start_epoch, stop):
             t0 = time.perf_counter()
             entry = run.train_epoch(epoch, stop, watch)
             train_seconds = time.perf_counter() - t0
-            if tracking is not None:
-                t1 = time.perf_counter()
-                val = tracking.close_checkpoint(run, epoch)
-                if val is not None:
-                    entry.update(val)
-                    result.tracking_seconds += time.perf_counter() - t1
+            run.end_epoch(epoch, entry)
             result.seconds += time.perf_counter() - t0
             entry["seconds"] = time.perf_counter() - t0
             entry["train_seconds"] = train_seconds
@@ -494,6 +510,8 @@ def fit(bundle: DatasetBundle, train_indices: np.ndarray, model: Any, recipe: Re
                 raise Preempted(f"the end of epoch {epoch + 1}")
     finally:
         watch.close()
+    for cb in run.callbacks:
+        cb.on_fit_end(run.ctx)
     if evaluate_test:
         result.test_accuracy = run.test()
         log.info("%s: test accuracy %.2f %%", desc, 100 * result.test_accuracy)

@@ -19,17 +19,22 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-__all__ = ["ARCHS", "SmallCNN", "build_model", "resolve_model", "model_name", "num_parameters"]
+__all__ = ["ARCHS", "SMALL_CNN", "SmallCNN", "build_model", "resolve_model", "model_name",
+           "num_parameters"]
+
+#: The name :class:`SmallCNN` is built by (the default architecture,
+#: :data:`cldfast.defaults.DEFAULT_ARCH`).
+SMALL_CNN = "small-cnn"
 
 #: Architectures with a tested recipe. Any other torchvision classification model name is
 #: also accepted by :func:`build_model`, without the small-input stem.
-ARCHS: tuple[str, ...] = ("small-cnn", "resnet18", "resnet34", "resnet50", "vgg16_bn", "vgg19_bn",
+ARCHS: tuple[str, ...] = (SMALL_CNN, "resnet18", "resnet34", "resnet50", "vgg16_bn", "vgg19_bn",
                           "densenet121")
 
 # Inputs at most this large (in H and W) get the CIFAR stem.
 _SMALL_INPUT = 64
 
-_ALIASES = {"small_cnn": "small-cnn", "smallcnn": "small-cnn"}
+_ALIASES = {"small_cnn": SMALL_CNN, "smallcnn": SMALL_CNN}
 
 
 class SmallCNN(nn.Module):
@@ -196,7 +201,7 @@ def build_model(arch: str, num_classes: int, input_shape: tuple[int, int, int]) 
     in_channels, height, width = _check_args(num_classes, input_shape)
     key = arch.strip().lower()
     key = _ALIASES.get(key, key)
-    if key == "small-cnn":
+    if key == SMALL_CNN:
         return SmallCNN(in_channels, num_classes, (height, width))
     if key.startswith("timm/"):
         return _timm_model(arch.strip()[5:], num_classes, in_channels, required=True)
@@ -247,7 +252,7 @@ def resolve_model(model: Any, num_classes: int, input_shape: tuple[int, int, int
 
 
 def model_name(model: Any) -> str:
-    """A name for reports, scores files and checkpoint configs: the architecture name, the
+    """A name for reports, scores files and resume-checkpoint configs: the architecture name, the
     module's class, or the factory's name."""
     if isinstance(model, str):
         return model

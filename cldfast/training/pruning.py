@@ -51,11 +51,16 @@ size as DistributedSampler does.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..core.state import Stateful
+from ..defaults import INFOBATCH_DELTA, INFOBATCH_RATIO
+from .seeding import epoch_seed
 
 __all__ = ["POLICIES", "Pruner", "InfoBatchPruner", "CLDPruner", "RandomPruner", "PlanSampler",
            "PruningSampler", "make_pruner"]
@@ -80,7 +85,19 @@ def _plan_rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([int(seed) % 2**63, int(epoch), 0x70726E])
 
 
-class Pruner:
+def _positions_tensor(kept: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(kept, dtype=np.int64))
+
+
+def _positions_array(kept: torch.Tensor) -> np.ndarray:
+    return kept.numpy().astype(np.int64).copy()
+
+
+_SAME_PRUNE = ("checkpoint written with pruner {key}={saved!r}; this run has {key}={mine!r}: "
+               "resume with the same prune options (PruneSpec / --prune)")
+
+
+class Pruner(Stateful):
     """Common schedule, plan, weights, accounting and checkpoint state of the policies.
 
     Args:
@@ -95,7 +112,7 @@ class Pruner:
     needs_batches = False  # whether on_batch must see every training batch (all ranks')
 
     def __init__(self, num_samples: int, epochs: int, *, saving: float | None = None,
-                 delta: float = 0.875, seed: int = 0) -> None:
+                 delta: float = INFOBATCH_DELTA, seed: int = 0) -> None:
         if int(num_samples) < 1:
             raise ValueError(f"num_samples must be >= 1; got {num_samples}")
         if int(epochs) < 1:
@@ -120,12 +137,22 @@ class Pruner:
             self.epoch_share = share
         else:
             self.epoch_share = None
-        self.weights = torch.ones(self.num_samples, dtype=torch.float32)
-        self._kept = np.arange(self.num_samples, dtype=np.int64)
-        self._planned_epoch = -1
-        self.passes_used = 0  # sample-passes of the planned epochs (no DDP padding)
-        self.passes_full = 0
-        self.history: list[dict[str, float]] = []
+        # Declared once (cldfast.core.state): the checkpoint and its checks follow.
+        self.add_config("recorder", self.state_key, message=_SAME_PRUNE)
+        self.add_config("config", self._config(), message=_SAME_PRUNE)
+        self.add_state("weights", torch.ones(self.num_samples, dtype=torch.float32))
+        self.add_value("_kept", np.arange(self.num_samples, dtype=np.int64), key="kept",
+                       encode=_positions_tensor, decode=_positions_array)
+        self.add_value("_planned_epoch", -1, key="planned_epoch", decode=int)
+        # Sample-passes of the planned epochs (no DDP padding) and of full training.
+        self.add_value("passes_used", 0, decode=int)
+        self.add_value("passes_full", 0, decode=int)
+        self.add_value("history", [])
+
+    @property
+    def state_key(self) -> str:
+        """This pruner's name in checkpoints."""
+        return f"pruner-{self.policy}"
 
     # ----- schedule -----------------------------------------------------------------------
     def prunes(self, epoch: int) -> bool:
@@ -188,38 +215,19 @@ class Pruner:
     def on_epoch_end(self, epoch: int) -> None:
         pass
 
-    def scores(self) -> dict[str, np.ndarray]:
+    def score_arrays(self) -> dict[str, np.ndarray]:
+        """Named [N] score arrays of the policy (none but InfoBatch's)."""
         return {}
+
+    def scores(self) -> dict[str, np.ndarray]:
+        """Deprecated name of :meth:`score_arrays`."""
+        warnings.warn(f"{type(self).__name__}.scores() is deprecated; use score_arrays()",
+                      DeprecationWarning, stacklevel=2)
+        return self.score_arrays()
 
     def _config(self) -> dict[str, Any]:
         return {"policy": self.policy, "num_samples": self.num_samples, "epochs": self.epochs,
                 "saving": self.saving, "delta": self.delta, "seed": self.seed}
-
-    def _extra_state(self) -> dict[str, Any]:
-        return {}
-
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
-        pass
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"recorder": f"pruner-{self.policy}", "config": self._config(),
-                "kept": torch.from_numpy(self._kept.copy()), "weights": self.weights.clone(),
-                "planned_epoch": self._planned_epoch, "passes_used": self.passes_used,
-                "passes_full": self.passes_full, "history": list(self.history),
-                **self._extra_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("recorder") != f"pruner-{self.policy}" or state.get("config") != self._config():
-            raise ValueError(f"checkpoint holds pruner {state.get('recorder')!r} with "
-                             f"{state.get('config')}; this run has pruner-{self.policy} with "
-                             f"{self._config()}: resume with the same prune options (PruneSpec / --prune)")
-        self._kept = state["kept"].numpy().astype(np.int64).copy()
-        self.weights = state["weights"].clone().float()
-        self._planned_epoch = int(state["planned_epoch"])
-        self.passes_used = int(state["passes_used"])
-        self.passes_full = int(state["passes_full"])
-        self.history = list(state["history"])
-        self._load_extra_state(state)
 
     def summary(self) -> dict[str, Any]:
         return {"policy": self.policy, "target_saving": self.saving, "saved": self.saved,
@@ -237,8 +245,8 @@ class RandomPruner(Pruner):
 
     policy = "random"
 
-    def __init__(self, num_samples: int, epochs: int, *, saving: float, delta: float = 0.875,
-                 seed: int = 0) -> None:
+    def __init__(self, num_samples: int, epochs: int, *, saving: float,
+                 delta: float = INFOBATCH_DELTA, seed: int = 0) -> None:
         if saving is None:
             raise ValueError("the random policy needs saving= (the share of sample-passes to save)")
         super().__init__(num_samples, epochs, saving=saving, delta=delta, seed=seed)
@@ -258,13 +266,14 @@ class InfoBatchPruner(Pruner):
     needs_batches = True
 
     def __init__(self, num_samples: int, epochs: int, *, ratio: float | None = None,
-                 saving: float | None = None, delta: float = 0.875, seed: int = 0) -> None:
+                 saving: float | None = None, delta: float = INFOBATCH_DELTA, seed: int = 0) -> None:
         if ratio is not None and saving is not None:
             raise ValueError("infobatch takes ratio= (its prune ratio) or saving= (a target "
                              "share of sample-passes), not both")
+        self.ratio = None if saving is not None else _check_unit("ratio", INFOBATCH_RATIO if ratio is None else ratio)
         super().__init__(num_samples, epochs, saving=saving, delta=delta, seed=seed)
-        self.ratio = None if saving is not None else _check_unit("ratio", 0.5 if ratio is None else ratio)
-        self.loss_scores = torch.full((self.num_samples,), _INFOBATCH_INITIAL_SCORE, dtype=torch.float32)
+        self.add_state("loss_scores", torch.full((self.num_samples,), _INFOBATCH_INITIAL_SCORE,
+                                                 dtype=torch.float32))
 
     def _config(self) -> dict[str, Any]:
         return {**super()._config(), "ratio": self.ratio}
@@ -294,14 +303,8 @@ class InfoBatchPruner(Pruner):
         self._last_ratio = ratio
         return np.concatenate([rest, chosen]), weights
 
-    def scores(self) -> dict[str, np.ndarray]:
+    def score_arrays(self) -> dict[str, np.ndarray]:
         return {"infobatch_last_loss": self.loss_scores.double().numpy().copy()}
-
-    def _extra_state(self):
-        return {"loss_scores": self.loss_scores.clone()}
-
-    def _load_extra_state(self, state):
-        self.loss_scores = state["loss_scores"].clone().float()
 
 
 def _solve_scale(u: np.ndarray, target: float, cap: float) -> np.ndarray:
@@ -329,7 +332,7 @@ class CLDPruner(Pruner):
     """
 
     def __init__(self, tracker: Any, epochs: int, *, saving: float, key: str = "cld",
-                 rescale: bool = True, delta: float = 0.875, seed: int = 0) -> None:
+                 rescale: bool = True, delta: float = INFOBATCH_DELTA, seed: int = 0) -> None:
         if key not in ("cld", "abs"):
             raise ValueError(f"key must be 'cld' or 'abs'; got {key!r}")
         if saving is None:
@@ -383,7 +386,7 @@ class PlanSampler(torch.utils.data.Sampler):
         if not 0 <= int(rank) < int(world_size):
             raise ValueError(f"rank must be in [0, world_size={world_size}); got {rank}")
         g = torch.Generator()
-        g.manual_seed((int(seed) * 1_000_003 + int(epoch) * 7919 + 17) % 2**62)
+        g.manual_seed((epoch_seed(seed, epoch) + 17) % 2**62)  # the loop's seed, offset
         order = torch.from_numpy(np.asarray(kept, dtype=np.int64))
         order = order[torch.randperm(order.numel(), generator=g)]
         if world_size > 1 and order.numel():
@@ -438,7 +441,7 @@ class PruningSampler(torch.utils.data.Sampler):
 
 
 def make_pruner(policy: str, *, num_samples: int, epochs: int, saving: float | None = None,
-                ratio: float | None = None, delta: float = 0.875, seed: int = 0,
+                ratio: float | None = None, delta: float = INFOBATCH_DELTA, seed: int = 0,
                 tracker: Any = None) -> Pruner:
     """The pruner of ``policy`` (one of :data:`POLICIES`); ``tracker`` for the CLD policies."""
     if policy not in POLICIES:

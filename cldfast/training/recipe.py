@@ -1,8 +1,9 @@
 """Training recipes: hyper-parameters, optimizers and learning-rate schedules.
 
 A :class:`Recipe`'s defaults are the authors' CIFAR recipe (docs/method.md); the defaults
-per dataset (epochs of a proxy and of a retraining) live with the datasets
-(:func:`cldfast.data.default_recipe`).
+per dataset (epochs of a proxy and of a retraining) live with each dataset's entry in the
+registry (:data:`cldfast.data.REGISTRY`, read through :func:`cldfast.data.default_epochs`),
+and :func:`default_recipe` here builds a dataset's recipe from them.
 """
 
 from __future__ import annotations
@@ -80,10 +81,10 @@ class Recipe:
                                 # every epoch (streamed shards: read in order, no shuffle buffer)
 
     def identity(self) -> dict:
-        """The fields that identify a run (checkpoint and bench-cell configs): every field,
-        less the ones added later (optimizer, warm-up, label smoothing, eval_onednn, shuffle) while
-        they keep their defaults, so that checkpoints and cached cells written before them still
-        match. ``workers="auto"`` stays ``"auto"`` here; the training loop and the bench record
+        """The fields that identify a run (resume-checkpoint and bench-cell configs): every
+        field, less the ones added later (optimizer, warm-up, label smoothing, eval_onednn,
+        shuffle) while they keep their defaults, so that resume checkpoints and cached cells
+        written before them still match. ``workers="auto"`` stays ``"auto"`` here; the training loop and the bench record
         the identity of :meth:`resolved` (0 workers on the embedded data, as before)."""
         fields = asdict(self)
         for name, default in _LATER_FIELDS.items():
@@ -100,7 +101,7 @@ class Recipe:
 
     def resolved(self, dataset: Any) -> "Recipe":
         """A copy with ``workers`` resolved for ``dataset`` (an integer): what a run's
-        checkpoint records, so that ``"auto"`` on the embedded data keeps the identity of a
+        resume checkpoint records, so that ``"auto"`` on the embedded data keeps the identity of a
         run with ``workers=0``."""
         return replace(self, workers=self.resolved_workers(dataset))
 
@@ -141,7 +142,7 @@ class Recipe:
             raise ValueError(f"label_smoothing must be in [0, 1); got {self.label_smoothing}")
 
 
-# Fields added after checkpoints and bench caches existed, with the value that reproduces
+# Fields added after resume checkpoints and bench caches existed, with the value that reproduces
 # the behaviour from before them.
 _LATER_FIELDS = {"optimizer": "sgd", "warmup_epochs": 0, "label_smoothing": 0.0,
                  "eval_onednn": True, "shuffle": True}
@@ -211,7 +212,7 @@ def smoothed_losses(ce: torch.Tensor, logits: torch.Tensor, smoothing: float) ->
 def default_recipe(dataset: str = "auto", role: str = "train", **overrides) -> Recipe:
     """The recipe the pipeline uses for ``role`` (``"train"`` or ``"proxy"``) on ``dataset``
     when none is given: :class:`Recipe`'s defaults with the dataset's default epochs
-    (:data:`cldfast.data.DEFAULT_EPOCHS`); ``overrides`` that are not None replace fields
+    (:data:`cldfast.data.REGISTRY`, :data:`cldfast.data.DEFAULT_EPOCHS`); ``overrides`` that are not None replace fields
     (what the CLI passes for the options a user gave)."""
     from ..data.datasets import default_epochs
 

@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from cldfast import CLDTracker
+from cldfast.core.state import Stateful
 from cldfast.training.pruning import (CLDPruner, InfoBatchPruner, PlanSampler, Pruner, RandomPruner,
                              make_pruner)
 
@@ -87,6 +88,43 @@ def test_plans_are_deterministic_per_seed(name):
         else:
             assert a[e].size < N
             assert np.all(np.diff(a[e]) > 0) and a[e].min() >= 0 and a[e].max() < N
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_state_dict_resumes_the_same_plans(name, tmp_path):
+    """A pruner is Stateful: its state saved after epoch 4 (through torch.save with
+    weights_only) and loaded into a fresh pruner continues with the uninterrupted plans."""
+    plans, weights, _ = _drive(FACTORIES[name], seed=5)
+    labels, val_labels = _labels()
+    tracker = CLDTracker(labels, val_labels)
+    first = FACTORIES[name](tracker, 5)
+    for e in range(5):
+        kept = first.plan(e)
+        losses = _losses(e)
+        tracker.record(torch.from_numpy(kept), torch.from_numpy(losses[kept]))
+        tracker.record_validation(torch.from_numpy(np.random.default_rng(e).gamma(2, 1, Q).astype(np.float32)))
+        tracker.end_epoch()
+        first.on_batch(torch.from_numpy(kept), _logits_for(losses[kept], labels[kept]),
+                       torch.from_numpy(labels[kept]), e)
+    torch.save(first.state_dict(), tmp_path / "pruner.pt")
+    second = FACTORIES[name](tracker, 5)
+    assert isinstance(second, Stateful)
+    second.load_state_dict(torch.load(tmp_path / "pruner.pt", weights_only=True))
+    np.testing.assert_array_equal(second.plan(4), plans[4])  # the stored plan of epoch 4
+    for e in range(5, E):
+        np.testing.assert_array_equal(second.plan(e), plans[e])
+        np.testing.assert_array_equal(second.weights.numpy(), weights[e].numpy())
+        losses = _losses(e)
+        kept = plans[e]
+        tracker.record(torch.from_numpy(kept), torch.from_numpy(losses[kept]))
+        tracker.record_validation(torch.from_numpy(np.random.default_rng(e).gamma(2, 1, Q).astype(np.float32)))
+        tracker.end_epoch()
+        second.on_batch(torch.from_numpy(kept), _logits_for(losses[kept], labels[kept]),
+                        torch.from_numpy(labels[kept]), e)
+    assert second.passes_used == sum(p.size for p in plans) and second.passes_full == N * E
+    other = FACTORIES[name](tracker, 6)  # another seed: another run
+    with pytest.raises(ValueError, match="same prune options"):
+        other.load_state_dict(first.state_dict())
 
 
 def test_savings_reach_the_target():
