@@ -61,7 +61,7 @@ from cldfast import CLDTracker, cld_from_trajectories  # noqa: E402
 from cldfast.data import load_dataset, split_train_val  # noqa: E402
 from cldfast.scores import AUMRecorder, EL2NRecorder, ForgettingRecorder  # noqa: E402
 from cldfast.scores.trajectory import TrajectoryTracker  # noqa: E402
-from cldfast.selection import select  # noqa: E402
+from cldfast.selection import select_by_order  # noqa: E402
 from cldfast.training import Recipe, Tracking, fit  # noqa: E402
 
 PARTS = ("noise", "subsample", "length", "schedule", "harder", "budget")
@@ -74,33 +74,20 @@ NUM_CLASSES = 10  # Fashion-MNIST (the smoke run: digits)
 class TrainLossRecorder:
     """Train-mode CLD inside an eval-mode run: records every training batch's per-sample
     cross-entropy into its own tracker, and closes each epoch against the per-class
-    validation means the eval-mode tracker recorded for that epoch (read lazily, once the
-    run's validation pass is done: at the next batch, or by :meth:`finish`)."""
+    validation means the eval-mode tracker recorded for that epoch (recorders' epoch ends
+    run after the tracked epoch is closed, see cldfast.training.callbacks)."""
 
     def __init__(self, labels: np.ndarray, num_classes: int, eval_tracker: CLDTracker):
         # One "validation sample" per class, whose loss is that class's mean validation loss.
         self.tracker = CLDTracker(labels, np.arange(num_classes), num_classes=num_classes)
         self.eval_tracker = eval_tracker
-        self.pending = False
-
-    def _close(self) -> None:
-        if self.pending:
-            self.tracker.record_validation(self.eval_tracker.val_trajectory[-1])
-            self.tracker.end_epoch()
-            self.pending = False
 
     def on_batch(self, positions, logits, targets, epoch: int) -> None:
-        self._close()
         self.tracker.record(positions, F.cross_entropy(logits.float(), targets, reduction="none"))
 
     def on_epoch_end(self, epoch: int) -> None:
-        self.pending = True
-
-    def finish(self) -> None:
-        self._close()
-
-    def scores(self) -> dict[str, np.ndarray]:
-        return {}
+        self.tracker.record_validation(self.eval_tracker.val_trajectory[-1])
+        self.tracker.end_epoch()
 
     def score_arrays(self) -> dict[str, np.ndarray]:
         return {}
@@ -180,11 +167,10 @@ class Study:
         res = fit(bundle, train_idx, "small-cnn", recipe,
                   tracking=Tracking(tracker, "eval", val_idx, list(range(epochs))),
                   evaluate_test=True, progress=False, desc="proxy", recorders=[train_rec, *base])
-        train_rec.finish()
         seconds = time.perf_counter() - t0
         extra: dict[str, np.ndarray] = {}
         for r in base:
-            extra.update(r.scores())
+            extra.update(r.score_arrays())
         out = {"eval_losses": tracker.train_losses(), "val_losses": tracker.val_losses(),
                "eval_cld": tracker.scores().double().numpy(),
                "train_cld": train_rec.tracker.scores().double().numpy(),
@@ -219,8 +205,8 @@ class Study:
                 for s in (self.retrain_seeds if seeds is None else seeds)]
 
     def coreset(self, p: dict, scores: np.ndarray, f: float, order: str = "top", seed: int = 0):
-        return select(scores, p["labels"], fraction=f, order=order, dataset_indices=p["train_idx"],
-                      seed=seed)
+        return select_by_order(scores, p["labels"], fraction=f, order=order,
+                               dataset_indices=p["train_idx"], seed=seed)
 
     def random_accs(self, setting, p, f, epochs=None) -> list[float]:
         """Random class-balanced coresets: a fresh draw per retraining seed."""
@@ -439,7 +425,7 @@ weight decay 5e-4, batch 128; multistep decays at 81/164 and 121/164 of the epoc
 said otherwise. Retraining: {a.retrain_epochs} epochs (same schedule shape), seeds \
 0..{a.seeds - 1} (random coresets: a fresh class-balanced draw per seed), test accuracy on \
 the {len(st.full.test_targets):,}-image test split, mean ± sample std over seeds. Coresets are class-balanced \
-(`cldfast.selection.select`). Both estimators come from one proxy run: eval mode (the model \
+(`cldfast.selection.select_by_order`). Both estimators come from one proxy run: eval mode (the model \
 in eval mode without augmentation over the training split after every epoch: the paper's CLD, \
 cldfast's default) and train mode (the training pass's own losses). CPU, \
 {a.threads} torch thread(s); cells are cached in `{a.work}`; {minutes:.1f} min of compute in this \

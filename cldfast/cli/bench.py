@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 
+from ..defaults import (BENCH_FRACTIONS, BENCH_METHODS, BENCH_OUT, BENCH_SEEDS, CCS_BETA, CCS_STRATA,
+                        DEFAULT_ARCH)
 from ..selection.methods import METHODS
 from ..selection.rules import RULES
 from ..training.models import ARCHS
 from .common import (add_data, add_output, add_recipe, add_tracking, data_from_args, fractions,
                      positive_int, recipe_from_args, unit_interval)
-
-DEFAULT_METHODS = ("cld", "random", "forgetting", "el2n", "aum", "entropy", "kcenter")
 
 
 def _methods_arg(text: str) -> list[str]:
@@ -54,16 +54,18 @@ def register(sub):
                     "method x strategy x fraction x seed, retrain --arch on it and write "
                     "OUT/bench.md, OUT/bench.json and OUT/bench_accuracy.png (mean ± std test "
                     "accuracy, selection cost per method). Finished cells are cached in "
-                    "OUT/cells/ and the proxy checkpoints every epoch: re-running the same command "
+                    "OUT/cells/ and the proxy writes a resume checkpoint every epoch: re-running the "
+                    "same command "
                     "continues where it stopped (--resume is implied).",
         epilog="Methods and the end each keeps: " + method_help + ". Definitions: "
                "cldfast/scores/recorders.py. Example: cldfast bench --methods "
                "cld,random,forgetting,el2n,aum,entropy,kcenter --fractions 0.1,0.3,0.5 --seeds 3")
-    p.add_argument("--methods", type=_methods_arg, default=list(DEFAULT_METHODS),
-                   help="comma-separated methods, or 'all' (default: %s)" % ",".join(DEFAULT_METHODS))
-    p.add_argument("--fractions", type=fractions, default=[0.1, 0.3, 0.5],
-                   help="coreset fractions, comma-separated (default: 0.1,0.3,0.5)")
-    p.add_argument("--seeds", type=positive_int, default=3,
+    p.add_argument("--methods", type=_methods_arg, default=list(BENCH_METHODS),
+                   help="comma-separated methods, or 'all' (default: %s)" % ",".join(BENCH_METHODS))
+    p.add_argument("--fractions", type=fractions, default=list(BENCH_FRACTIONS),
+                   help="coreset fractions, comma-separated (default: "
+                        f"{','.join(f'{f:g}' for f in BENCH_FRACTIONS)})")
+    p.add_argument("--seeds", type=positive_int, default=BENCH_SEEDS,
                    help="retrainings per cell, seeds --seed + 0..N-1 (default: %(default)s)")
     p.add_argument("--strategies", type=_strategies_arg, default=["balanced"],
                    help="balanced (rank within each class, default), global (rank over all "
@@ -75,15 +77,15 @@ def register(sub):
                         "within each class, automatic parameters; comma-separated, from: "
                         + ", ".join(RULES) + " (top is the balanced strategy; see `cldfast "
                         "select --help` and docs/method.md)")
-    p.add_argument("--proxy-arch", default="small-cnn", metavar="ARCH",
+    p.add_argument("--proxy-arch", default=DEFAULT_ARCH, metavar="ARCH",
                    help=f"model that is tracked (default: %(default)s; named: {', '.join(ARCHS)})")
     p.add_argument("--arch", metavar="ARCH", help="model retrained on the coresets (default: --proxy-arch)")
     p.add_argument("--el2n-epoch", type=positive_int, metavar="E",
                    help="1-based epoch whose training logits give EL2N (default: 10 %% of the "
                         "proxy's epochs, at least 2)")
-    p.add_argument("--ccs-beta", type=unit_interval, default=0.1,
+    p.add_argument("--ccs-beta", type=unit_interval, default=CCS_BETA,
                    help="CCS: fraction of the hardest samples dropped first (default: %(default)s)")
-    p.add_argument("--ccs-strata", type=positive_int, default=50,
+    p.add_argument("--ccs-strata", type=positive_int, default=CCS_STRATA,
                    help="CCS: number of score strata (default: %(default)s)")
     p.add_argument("--no-full", action="store_true",
                    help="skip the full-training-split reference runs")
@@ -92,7 +94,7 @@ def register(sub):
     add_data(p)
     add_recipe(p, proxy=True)
     add_tracking(p)
-    add_output(p, "cldfast-bench")
+    add_output(p, BENCH_OUT)
     p.set_defaults(handler=handle)
     return handle
 

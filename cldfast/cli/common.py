@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.datasets import DATASETS, DEFAULT_EPOCHS
+from ..defaults import LOSS_SOURCE, PRECISION, VAL_FRACTION
 from ..training.loop import LOSS_SOURCES
 from ..training.recipe import OPTIMIZERS, SCHEDULES, Recipe
 
@@ -181,13 +182,13 @@ def add_recipe(p: argparse.ArgumentParser, proxy: bool = False, role: str = "tra
 
 def add_tracking(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("CLD tracking")
-    g.add_argument("--val-fraction", type=val_fraction, default=0.1,
+    g.add_argument("--val-fraction", type=val_fraction, default=VAL_FRACTION,
                    help="per-class validation split of the training set (default: %(default)s; "
                         "the authors use 0.01 for ImageNet)")
-    g.add_argument("--loss-source", choices=LOSS_SOURCES, default="eval",
+    g.add_argument("--loss-source", choices=LOSS_SOURCES, default=LOSS_SOURCE,
                    help="eval (default, the paper's CLD): losses of the model in eval mode, "
-                        "without augmentation, over the training split at every tracked "
-                        "checkpoint (one fast batched pass that also serves the validation "
+                        "without augmentation, over the training split at the end of every "
+                        "tracked epoch (one fast batched pass that also serves the validation "
                         "split). train: the training forward pass's own losses, no extra pass; "
                         "an APPROXIMATION whose rankings differ from eval mode's (noisier "
                         "trajectories, augmented inputs). How much: docs/method.md, 'Where the "
@@ -195,17 +196,17 @@ def add_tracking(p: argparse.ArgumentParser) -> None:
     g.add_argument("--track-epochs", type=positive_int, metavar="K",
                    help="only the first K epochs feed CLD; the proxy stops there")
     g.add_argument("--track-every", type=positive_int, default=1, metavar="M",
-                   help="use every M-th epoch as a checkpoint, counted back from the last "
+                   help="track every M-th epoch (its end feeds CLD), counted back from the last "
                         "(default: %(default)s); in eval mode it divides the eval passes by M")
     g.add_argument("--track-from", type=nonnegative_int, default=0, metavar="K",
-                   help="leave the first K epochs out of CLD: the first checkpoint is the end of "
-                        "epoch K+1, so the first K loss differences do not count (default: "
+                   help="leave the first K epochs out of CLD: the first tracked epoch is epoch "
+                        "K+1, so the first K loss differences do not count (default: "
                         "%(default)s, the paper's); shows how much of CLD comes from early "
                         "training")
     g.add_argument("--global-val", action="store_true",
                    help="correlate with the mean validation loss over all classes instead of "
                         "the sample's own class")
-    g.add_argument("--precision", choices=("float64", "float32"), default="float64",
+    g.add_argument("--precision", choices=("float64", "float32"), default=PRECISION,
                    help="tracker accumulator precision (default: %(default)s)")
 
 
@@ -226,7 +227,7 @@ def add_threads(p: argparse.ArgumentParser, *, sub: bool = False) -> None:
 def add_output(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--out", default=default, metavar="DIR", help="output folder (default: %(default)s)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from the checkpoints in --out (same options required; with "
+                   help="continue from the resume checkpoints in --out (same options required; with "
                         "the same or another number of processes)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -254,7 +255,7 @@ def recipe_from_args(args: argparse.Namespace, role: str = "train") -> Recipe:
 
 
 def data_from_args(args: argparse.Namespace):
-    from ..pipeline.workflows import DataSpec
+    from ..pipeline.sources import DataSpec
 
     return DataSpec(args.dataset, args.data_path, args.download, args.image_size,
                     index=args.index, test_data_path=args.test_data_path,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..selection.balanced import DEFAULT_FRACTIONS
+from ..defaults import DEFAULT_ARCH, RUN_FRACTIONS, RUN_OUT, RUN_SEEDS
 from ..selection.rules import RULES
 from ..training.models import ARCHS
 from .common import (add_data, add_output, add_recipe, add_tracking, data_from_args, fraction,
@@ -19,16 +19,16 @@ def register(sub):
                                    "near-zero / most-negative CLD subsets of equal size, train the "
                                    "target model on each and on the full training split, and write "
                                    "a result table, metrics.json, plots and a log into --out.")
-    p.add_argument("--proxy-arch", default="small-cnn", metavar="ARCH",
+    p.add_argument("--proxy-arch", default=DEFAULT_ARCH, metavar="ARCH",
                    help=f"model that is tracked (default: %(default)s; named: {', '.join(ARCHS)}, or "
                         "any torchvision classification model)")
     p.add_argument("--arch", metavar="ARCH", help="model trained on the coresets (default: --proxy-arch)")
-    p.add_argument("--fractions", type=fractions, default=list(DEFAULT_FRACTIONS),
+    p.add_argument("--fractions", type=fractions, default=list(RUN_FRACTIONS),
                    help="coreset fractions per class, comma-separated (default: "
-                        f"{','.join(f'{f:g}' for f in DEFAULT_FRACTIONS)})")
+                        f"{','.join(f'{f:g}' for f in RUN_FRACTIONS)})")
     p.add_argument("--compare-fraction", type=fraction,
                    help="size of the top / near-zero / negative CLD comparison (default: smallest fraction)")
-    p.add_argument("--seeds", type=positive_int, default=2,
+    p.add_argument("--seeds", type=positive_int, default=RUN_SEEDS,
                    help="retraining seeds of every coreset and of the full split; the table "
                         "gives mean ± std over them (default: %(default)s)")
     p.add_argument("--jobs", type=positive_int, metavar="N",
@@ -46,7 +46,7 @@ def register(sub):
     add_data(p)
     add_recipe(p, proxy=True)
     add_tracking(p)
-    add_output(p, "cldfast-out")
+    add_output(p, RUN_OUT)
     p.set_defaults(handler=handle)
     return handle
 
@@ -68,7 +68,7 @@ def run_jobs(args: argparse.Namespace) -> int | str:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from ..pipeline.workflows import run
+    from ..pipeline.end_to_end import run
 
     result = run(data_from_args(args), args.out, proxy_arch=args.proxy_arch, arch=args.arch,
                  proxy_recipe=recipe_from_args(args, "proxy"), recipe=recipe_from_args(args),

@@ -1,4 +1,4 @@
-"""`cldfast select`: a coreset from a scores file (cldfast.pipeline.select_to_file, with the
+"""`cldfast select`: a coreset from a scores file (cldfast.pipeline.write_coreset, with the
 rules of cldfast.selection.RULES)."""
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def register(sub):
 
 
 def handle(args: argparse.Namespace) -> int:
-    from ..pipeline.workflows import select_to_file
+    from ..pipeline.coresets import write_coreset
     from ..selection.methods import canonical_method
 
     if args.global_ and args.per_class is not None:
@@ -73,7 +73,7 @@ def handle(args: argparse.Namespace) -> int:
     if method == "random" and args.order not in (None, "random"):
         print(f"cldfast select: note: --order {args.order} does not apply to --method random "
               "(a uniform draw among the scored samples)", file=sys.stderr)
-    done = select_to_file(args.scores, method=args.method, fraction=args.fraction,
+    done = write_coreset(args.scores, method=args.method, fraction=args.fraction,
                           per_class=args.per_class, order=args.order,
                           class_balanced=not args.global_, seed=args.seed, output=args.output,
                           rule=args.rule, rule_params=dict(args.rule_param))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..defaults import DEFAULT_ARCH, RUN_OUT
 from ..training.models import ARCHS
 from .common import add_data, add_output, add_recipe, add_tracking, data_from_args, recipe_from_args
 
@@ -18,19 +19,19 @@ def register(sub):
                                    "scores, labels, original dataset indices, the train/validation "
                                    "split and metadata, readable with numpy alone; and "
                                    "OUT/track_metrics.json (timings, memory, accuracy).")
-    p.add_argument("--arch", "--proxy-arch", dest="arch", default="small-cnn", metavar="ARCH",
+    p.add_argument("--arch", "--proxy-arch", dest="arch", default=DEFAULT_ARCH, metavar="ARCH",
                    help=f"proxy model (default: %(default)s; named: {', '.join(ARCHS)})")
     add_data(p)
     add_recipe(p, role="proxy")
     add_tracking(p)
-    add_output(p, "cldfast-out")
+    add_output(p, RUN_OUT)
     p.set_defaults(handler=handle)
     return handle
 
 
 def handle(args: argparse.Namespace) -> int:
     from ..core.distributed import is_main
-    from ..pipeline.workflows import track
+    from ..pipeline.tracking import track
 
     sf, metrics = track(data_from_args(args), args.out, arch=args.arch,
                         recipe=recipe_from_args(args, "proxy"), val_fraction=args.val_fraction,

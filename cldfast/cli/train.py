@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..defaults import (DEFAULT_ARCH, INFOBATCH_DELTA, INFOBATCH_RATIO, PRUNE_LOSS_SOURCE, RUN_OUT,
+                        VAL_FRACTION)
 from ..selection.balanced import ORDERS
 from ..training.loop import LOSS_SOURCES
 from ..training.models import ARCHS
@@ -21,7 +23,7 @@ def register(sub):
                                    "or on a selection from a scores file; evaluate it on the test "
                                    "split and write OUT/<name>_metrics.json. With --prune, skip "
                                    "samples epoch by epoch while training (dynamic pruning).")
-    p.add_argument("--arch", default="small-cnn", metavar="ARCH",
+    p.add_argument("--arch", default=DEFAULT_ARCH, metavar="ARCH",
                    help=f"model (default: %(default)s; named: {', '.join(ARCHS)}, or any "
                         "torchvision classification model)")
     src = p.add_mutually_exclusive_group()
@@ -48,26 +50,26 @@ def register(sub):
                         "uses --prune-ratio without it)")
     g.add_argument("--prune-ratio", type=fraction, metavar="R",
                    help="infobatch: share of the below-mean-loss samples pruned per epoch "
-                        "(default 0.5, InfoBatch's)")
-    g.add_argument("--prune-delta", type=fraction, default=0.875, metavar="D",
+                        f"(default {INFOBATCH_RATIO:g}, InfoBatch's)")
+    g.add_argument("--prune-delta", type=fraction, default=INFOBATCH_DELTA, metavar="D",
                    help="pruning stops once the epoch count passes D x epochs (default: "
                         "%(default)s, InfoBatch's)")
-    g.add_argument("--prune-loss-source", choices=LOSS_SOURCES, default="train",
+    g.add_argument("--prune-loss-source", choices=LOSS_SOURCES, default=PRUNE_LOSS_SOURCE,
                    help="cld policies: train (default, free: the kept samples' training losses) "
                         "or eval (the paper's estimator: an eval pass over the whole training "
                         "split every epoch, which costs a forward pass per sample per epoch)")
-    g.add_argument("--val-fraction", type=val_fraction, default=0.1,
+    g.add_argument("--val-fraction", type=val_fraction, default=VAL_FRACTION,
                    help="cld policies: per-class validation split taken from the training data "
                         "(default: %(default)s)")
     add_data(p)
     add_recipe(p)
-    add_output(p, "cldfast-out")
+    add_output(p, RUN_OUT)
     p.set_defaults(handler=handle)
     return handle
 
 
 def handle(args: argparse.Namespace) -> int:
-    from ..pipeline.workflows import PruneSpec, train
+    from ..pipeline.training import PruneSpec, train
 
     if args.scores is None and (args.fraction is not None or args.per_class is not None):
         raise ValueError("--fraction / --per-class select from a scores file: add --scores FILE")

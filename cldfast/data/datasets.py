@@ -6,7 +6,8 @@ order without augmentation, for eval-mode loss passes) and ``test``. Labels of t
 split are available as an array without decoding a single image, because the tracker needs
 them before training starts.
 
-Supported datasets (see :data:`DATASETS`):
+Supported datasets (see :data:`REGISTRY`, which names each one's aliases, default epochs,
+native image size and loader):
 
 * ``fashion-mnist``: the IDX files (plain or ``.gz``), by default from
   ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``); held in
@@ -33,20 +34,27 @@ import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..defaults import VAL_FRACTION
 from .indexed import IndexedDataset, IndexedSubset, as_index_array, make_loader, split_train_val
 
 __all__ = [
     "DATASETS",
+    "DEFAULT_EPOCHS",
     "DEFAULT_FASHION_MNIST_PATH",
+    "EMBEDDED",
+    "REGISTRY",
     "DatasetBundle",
+    "DatasetEntry",
     "InMemoryImageDataset",
+    "BatchServing",
+    "serves_batches",
     "holds_tensors",
     "IndexedDataset",
     "IndexedSubset",
@@ -63,22 +71,8 @@ __all__ = [
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: Canonical dataset names accepted by :func:`load_dataset` (case-insensitive; ``_`` and
-#: ``-`` are interchangeable, and ``fmnist`` means ``fashion-mnist``).
-DATASETS: tuple[str, ...] = ("auto", "fashion-mnist", "digits", "cifar10", "cifar100", "imagefolder",
-                             "webdataset")
-
 #: Where Debian's ``dataset-fashion-mnist`` package puts the IDX files.
 DEFAULT_FASHION_MNIST_PATH = "/usr/share/datasets/fashion-mnist"
-
-_ALIASES = {
-    "fmnist": "fashion-mnist",
-    "fashionmnist": "fashion-mnist",
-    "cifar-10": "cifar10",
-    "cifar-100": "cifar100",
-    "image-folder": "imagefolder",
-    "wds": "webdataset",
-}
 
 _FASHION_MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -154,6 +148,25 @@ class DatasetBundle:
         from .stream import is_streamed
 
         return is_streamed(self.train)
+
+    @property
+    def registry_name(self) -> str:
+        """The :data:`REGISTRY` name of this dataset, whose default epochs apply
+        (:func:`default_epochs`), or :data:`CUSTOM` for a bundle of your own."""
+        try:
+            return canonical_name(self.name)
+        except (TypeError, ValueError):
+            return CUSTOM
+
+    def split_train_val(self, val_fraction: float = VAL_FRACTION,
+                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(training split, validation split V) in ORIGINAL indices: the bundle's own
+        ``val_indices`` when it has them (every other index is the training split), else a
+        seeded ``val_fraction`` of each class (:func:`split_train_val`)."""
+        if self.val_indices is not None:
+            val = np.asarray(self.val_indices, dtype=np.int64)
+            return np.setdiff1d(np.arange(len(self.train_targets)), val), val
+        return split_train_val(self.train_targets, val_fraction, seed)
 
     def __repr__(self) -> str:
         return (f"DatasetBundle(name={self.name!r}, train={len(self.train_targets)}, "
@@ -233,6 +246,29 @@ def _fashion_mnist_files(root: Path) -> dict[str, Optional[Path]]:
 # --------------------------------------------------------------------------------------------
 # In-memory datasets
 # --------------------------------------------------------------------------------------------
+
+@runtime_checkable
+class BatchServing(Protocol):
+    """A map-style dataset that can serve many items at once, without per-item Python.
+
+    The eval loop (:func:`cldfast.training.evaluation.eval_batches`) reads such a dataset
+    with ``batch`` instead of a DataLoader when it is not augmented (:func:`serves_batches`).
+    ``batch(indices)`` must equal stacking ``dataset[i]`` for every ``i`` of the int64 CPU
+    tensor ``indices``, returning ``(x [B, ...], y int64 [B])``. :class:`InMemoryImageDataset`
+    implements it; any dataset with these two members gets the same fast path.
+    """
+
+    #: Whether items are randomly transformed (then ``batch`` is not used).
+    augmented: bool
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def serves_batches(dataset: Any) -> bool:
+    """Whether ``dataset`` may be read a batch at a time: it implements
+    :class:`BatchServing` and is not augmented."""
+    return isinstance(dataset, BatchServing) and not dataset.augmented
+
 
 class InMemoryImageDataset(Dataset):
     """Images held as one integer tensor, normalised (and optionally augmented) per item.
@@ -353,69 +389,13 @@ def dataset_fingerprint(name: str, train_targets: Any, num_test: int,
 
 
 # --------------------------------------------------------------------------------------------
-# Loaders per dataset
+# Loaders per dataset: fn(data_path, *, download, augment, image_size, **options) -> bundle,
+# each one named in the registry below
 # --------------------------------------------------------------------------------------------
 
-# --------------------------------------------------------------------------------------------
-# The registry: names, aliases and each dataset's default recipe
-# --------------------------------------------------------------------------------------------
-
-#: Default epochs per dataset, owned by the library (``cldfast run`` and
-#: :func:`cldfast.pipeline.run` both take them from here): ``(retraining, proxy)``. The
-#: embedded data gets a quick recipe that fits a 2-core CPU in minutes (docs/method.md says
-#: what it can and cannot show); CIFAR the authors' 164 epochs; ImageFolder and WebDataset
-#: shards (ImageNet) 90; user data (:func:`bundle_from_datasets`) the authors' CIFAR recipe.
-DEFAULT_EPOCHS: dict[str, tuple[int, int]] = {
-    "fashion-mnist": (8, 10), "digits": (8, 10), "cifar10": (164, 164), "cifar100": (164, 164),
-    "imagefolder": (90, 90), "webdataset": (90, 90), "custom": (164, 164),
-}
-#: The datasets shipped with (or bundled for) the package.
-EMBEDDED: tuple[str, ...] = ("fashion-mnist", "digits")
-
-
-def canonical_name(name: str) -> str:
-    """The registry's name for ``name`` (case-insensitive, ``_`` = ``-``, aliases such as
-    ``fmnist``, ``fashionmnist``, ``cifar-10``); ``auto`` stays ``auto``."""
-    return _canonical_name(name)
-
-
-def is_embedded(name: str) -> bool:
-    """Whether ``name`` means the embedded data (``auto``, Fashion-MNIST or digits)."""
-    try:
-        key = _canonical_name(name)
-    except (TypeError, ValueError):
-        return False
-    return key == "auto" or key in EMBEDDED
-
-
-def default_epochs(name: str, role: str = "train") -> int:
-    """Epochs of a ``role`` (``"train"``: a retraining, ``"proxy"``: the tracked proxy) on
-    dataset ``name`` when the caller gives none (see :data:`DEFAULT_EPOCHS`)."""
-    if role not in ("train", "proxy"):
-        raise ValueError(f"role must be 'train' or 'proxy'; got {role!r}")
-    key = _canonical_name(name) if name not in DEFAULT_EPOCHS else name
-    key = "fashion-mnist" if key == "auto" else key
-    return DEFAULT_EPOCHS.get(key, DEFAULT_EPOCHS["custom"])[0 if role == "train" else 1]
-
-
-def _canonical_name(name: str) -> str:
-    if not isinstance(name, str):
-        raise TypeError(f"dataset name must be a string, one of {', '.join(DATASETS)}; got {name!r}")
-    key = name.strip().lower().replace("_", "-")
-    key = _ALIASES.get(key, key)
-    if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)} "
-                         "(aliases: fmnist, fashion_mnist)")
-    return key
-
-
-def _check_native_size(name: str, image_size: Optional[int], native: int) -> None:
-    if image_size is not None and int(image_size) != native:
-        raise ValueError(f"image_size={image_size} is not supported for {name} (its images are "
-                         f"{native}x{native}); image_size applies to 'imagefolder' only")
-
-
-def _load_fashion_mnist(root: Path, augment: bool) -> DatasetBundle:
+def _load_fashion_mnist(data_path: Optional[PathLike], *, augment: bool = True,
+                        **_unused: Any) -> DatasetBundle:
+    root = Path(data_path) if data_path is not None else Path(DEFAULT_FASHION_MNIST_PATH)
     if not root.is_dir():
         raise FileNotFoundError(f"Fashion-MNIST folder not found: {root} (apt-get install "
                                 "dataset-fashion-mnist, or pass data_path= / --data-path)")
@@ -460,7 +440,8 @@ def _load_fashion_mnist(root: Path, augment: bool) -> DatasetBundle:
     )
 
 
-def _load_digits() -> DatasetBundle:
+def _load_digits(data_path: Optional[PathLike] = None, **_unused: Any) -> DatasetBundle:
+    """scikit-learn's bundled digits (``data_path`` is not used)."""
     try:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
@@ -508,7 +489,8 @@ def _with_transform(dataset: Any, transform: Callable) -> Any:
     return view
 
 
-def _load_cifar(name: str, data_path: Optional[PathLike], download: bool, augment: bool) -> DatasetBundle:
+def _load_cifar(name: str, data_path: Optional[PathLike], *, download: bool = False,
+                augment: bool = True, **_unused: Any) -> DatasetBundle:
     from torchvision import datasets, transforms
 
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
@@ -558,8 +540,8 @@ def _image_folder(path: Path, transform: Callable) -> Any:
         raise FileNotFoundError(f"no usable class folders or images in {path}: {e}") from None
 
 
-def _load_image_folder(data_path: Optional[PathLike], augment: bool,
-                       image_size: Optional[int]) -> DatasetBundle:
+def _load_image_folder(data_path: Optional[PathLike], *, augment: bool = True,
+                       image_size: Optional[int] = None, **_unused: Any) -> DatasetBundle:
     from torchvision import transforms
 
     if data_path is None:
@@ -602,6 +584,133 @@ def _load_image_folder(data_path: Optional[PathLike], augment: bool,
     )
 
 
+def _load_cifar10(data_path: Optional[PathLike], **kwargs: Any) -> DatasetBundle:
+    return _load_cifar("cifar10", data_path, **kwargs)
+
+
+def _load_cifar100(data_path: Optional[PathLike], **kwargs: Any) -> DatasetBundle:
+    return _load_cifar("cifar100", data_path, **kwargs)
+
+
+def _load_webdataset(data_path: Any, *, augment: bool = True, image_size: Optional[int] = None,
+                     index: Any = None, test_data_path: Any = None,
+                     shuffle_buffer: Optional[int] = None, **_unused: Any) -> DatasetBundle:
+    from .stream import load_webdataset
+
+    return load_webdataset(data_path, index=index, test_data_path=test_data_path,
+                           augment=augment, image_size=image_size, shuffle_buffer=shuffle_buffer)
+
+
+# --------------------------------------------------------------------------------------------
+# The registry: one entry per named dataset (aliases, default epochs, native size, loader)
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """One named dataset of :data:`REGISTRY`.
+
+    Attributes:
+        name: the canonical name (lower case, ``-`` between words).
+        load: ``load(data_path, *, download, augment, image_size, **options)`` returning a
+            :class:`DatasetBundle` named ``name``; arguments it has no use for are accepted
+            and ignored.
+        epochs: default epochs ``(retraining, proxy)`` when the caller gives none
+            (:func:`default_epochs`, :func:`cldfast.training.default_recipe`).
+        aliases: other spellings :func:`canonical_name` maps to ``name`` (after lower-casing
+            and ``_`` -> ``-``).
+        native_size: side of the dataset's square images; ``image_size`` must then be left
+            out or equal to it. ``None``: ``image_size`` is passed on to ``load``.
+        embedded: shipped with (or bundled for) the package: the quick default data.
+        options: keyword arguments of ``load`` beyond the common ones, which only this
+            dataset accepts (e.g. WebDataset's ``index``).
+    """
+
+    name: str
+    load: Callable[..., DatasetBundle]
+    epochs: tuple[int, int]
+    aliases: tuple[str, ...] = ()
+    native_size: Optional[int] = None
+    embedded: bool = False
+    options: tuple[str, ...] = ()
+
+
+#: The named datasets, in the order ``--help`` lists them. Default epochs: the embedded data
+#: gets a quick recipe that fits a 2-core CPU in minutes (docs/method.md says what it can and
+#: cannot show); CIFAR the authors' 164 epochs; ImageFolder and WebDataset shards (ImageNet) 90.
+REGISTRY: dict[str, DatasetEntry] = {e.name: e for e in (
+    DatasetEntry("fashion-mnist", _load_fashion_mnist, (8, 10), aliases=("fmnist", "fashionmnist"),
+                 native_size=28, embedded=True),
+    DatasetEntry("digits", _load_digits, (8, 10), native_size=8, embedded=True),
+    DatasetEntry("cifar10", _load_cifar10, (164, 164), aliases=("cifar-10",), native_size=32),
+    DatasetEntry("cifar100", _load_cifar100, (164, 164), aliases=("cifar-100",), native_size=32),
+    DatasetEntry("imagefolder", _load_image_folder, (90, 90), aliases=("image-folder",)),
+    DatasetEntry("webdataset", _load_webdataset, (90, 90), aliases=("wds",),
+                 options=("index", "test_data_path", "shuffle_buffer")),
+)}
+
+#: ``auto``: the embedded Fashion-MNIST when its files are there, else digits
+#: (:func:`load_dataset`); its default epochs are Fashion-MNIST's.
+AUTO = "auto"
+#: The name of user bundles (:func:`bundle_from_datasets`) and their default epochs: the
+#: authors' CIFAR recipe.
+CUSTOM = "custom"
+CUSTOM_EPOCHS: tuple[int, int] = (164, 164)
+
+#: Canonical dataset names accepted by :func:`load_dataset` (case-insensitive; ``_`` and
+#: ``-`` are interchangeable, and each entry's aliases, e.g. ``fmnist``, work too).
+DATASETS: tuple[str, ...] = (AUTO, *REGISTRY)
+#: Default epochs per dataset, ``(retraining, proxy)``, from :data:`REGISTRY` (``cldfast
+#: run`` and :func:`cldfast.pipeline.run` both take them from here), plus :data:`CUSTOM`'s.
+DEFAULT_EPOCHS: dict[str, tuple[int, int]] = {**{n: e.epochs for n, e in REGISTRY.items()},
+                                              CUSTOM: CUSTOM_EPOCHS}
+#: The datasets shipped with (or bundled for) the package.
+EMBEDDED: tuple[str, ...] = tuple(n for n, e in REGISTRY.items() if e.embedded)
+
+
+def canonical_name(name: str) -> str:
+    """The registry's name for ``name`` (case-insensitive, ``_`` = ``-``, aliases such as
+    ``fmnist``, ``fashionmnist``, ``cifar-10``); ``auto`` stays ``auto``."""
+    if not isinstance(name, str):
+        raise TypeError(f"dataset name must be a string, one of {', '.join(DATASETS)}; got {name!r}")
+    key = name.strip().lower().replace("_", "-")
+    key = next((e.name for e in REGISTRY.values() if key in e.aliases), key)
+    if key != AUTO and key not in REGISTRY:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)} "
+                         "(aliases: fmnist, fashion_mnist)")
+    return key
+
+
+def is_embedded(name: str) -> bool:
+    """Whether ``name`` means the embedded data (``auto``, Fashion-MNIST or digits)."""
+    try:
+        key = canonical_name(name)
+    except (TypeError, ValueError):
+        return False
+    return key == AUTO or REGISTRY[key].embedded
+
+
+def default_epochs(name: str, role: str = "train") -> int:
+    """Epochs of a ``role`` (``"train"``: a retraining, ``"proxy"``: the tracked proxy) on
+    dataset ``name`` when the caller gives none (see :data:`DEFAULT_EPOCHS`)."""
+    if role not in ("train", "proxy"):
+        raise ValueError(f"role must be 'train' or 'proxy'; got {role!r}")
+    key = CUSTOM if name == CUSTOM else canonical_name(name)
+    key = "fashion-mnist" if key == AUTO else key
+    entry = REGISTRY.get(key)
+    return (entry.epochs if entry is not None else CUSTOM_EPOCHS)[0 if role == "train" else 1]
+
+
+def _resolve_auto(data_path: Optional[PathLike]) -> str:
+    """What ``auto`` loads: Fashion-MNIST when its files are at ``data_path`` (default
+    :data:`DEFAULT_FASHION_MNIST_PATH`), else digits, said on stderr."""
+    root = Path(data_path) if data_path is not None else Path(DEFAULT_FASHION_MNIST_PATH)
+    if root.is_dir() and all(p is not None for p in _fashion_mnist_files(root).values()):
+        return "fashion-mnist"
+    print(f"cldfast: Fashion-MNIST not found at {root}; using scikit-learn's digits instead "
+          "(apt-get install dataset-fashion-mnist, or pass --data-path)", file=sys.stderr)
+    return "digits"
+
+
 def load_dataset(name: str = "auto", data_path: Optional[PathLike] = None, *, download: bool = False,
                  augment: bool = True, image_size: Optional[int] = None,
                  index: Optional[PathLike] = None, test_data_path: Any = None,
@@ -610,7 +719,7 @@ def load_dataset(name: str = "auto", data_path: Optional[PathLike] = None, *, do
 
     Args:
         name: one of :data:`DATASETS` (case-insensitive; ``fashion_mnist`` and ``fmnist``
-            mean ``fashion-mnist``).
+            mean ``fashion-mnist``; each entry of :data:`REGISTRY` lists its aliases).
         data_path: where the data lives. Fashion-MNIST: the folder of IDX files (default
             ``/usr/share/datasets/fashion-mnist``). CIFAR: the folder holding
             ``cifar-10-batches-py`` / ``cifar-100-python`` (default ``./data``). ImageFolder:
@@ -634,40 +743,25 @@ def load_dataset(name: str = "auto", data_path: Optional[PathLike] = None, *, do
         ValueError: unknown name, bad ``image_size``, corrupt files.
         FileNotFoundError: the data is not where it was looked for; the message says where.
     """
-    key = _canonical_name(name)
-    if key != "webdataset":
-        for arg, flag, value in (("index", "--index", index),
-                                 ("test_data_path", "--test-data-path", test_data_path),
-                                 ("shuffle_buffer", "--shuffle-buffer", shuffle_buffer)):
-            if value is not None:
-                raise ValueError(f"{arg}={value!r} ({flag}) applies to dataset 'webdataset' only; "
-                                 f"got dataset {name!r}")
-    if key == "webdataset":
-        from .stream import load_webdataset
-
-        return load_webdataset(data_path, index=index, test_data_path=test_data_path,
-                               augment=augment, image_size=image_size,
-                               shuffle_buffer=shuffle_buffer)
-    if key == "auto":
-        root = Path(data_path) if data_path is not None else Path(DEFAULT_FASHION_MNIST_PATH)
-        if root.is_dir() and all(p is not None for p in _fashion_mnist_files(root).values()):
-            key = "fashion-mnist"
-        else:
-            print(f"cldfast: Fashion-MNIST not found at {root}; using scikit-learn's digits instead "
-                  "(apt-get install dataset-fashion-mnist, or pass --data-path)", file=sys.stderr)
-            key = "digits"
-
-    if key == "fashion-mnist":
-        _check_native_size(key, image_size, 28)
-        root = Path(data_path) if data_path is not None else Path(DEFAULT_FASHION_MNIST_PATH)
-        return _load_fashion_mnist(root, augment)
-    if key == "digits":
-        _check_native_size(key, image_size, 8)
-        return _load_digits()
-    if key in ("cifar10", "cifar100"):
-        _check_native_size(key, image_size, 32)
-        return _load_cifar(key, data_path, download, augment)
-    return _load_image_folder(data_path, augment, image_size)
+    key = canonical_name(name)
+    options = {"index": index, "test_data_path": test_data_path, "shuffle_buffer": shuffle_buffer}
+    for arg, value in options.items():
+        takers = [n for n, e in REGISTRY.items() if arg in e.options]
+        if value is not None and key not in takers:
+            flag = "--" + arg.replace("_", "-")
+            raise ValueError(f"{arg}={value!r} ({flag}) applies to dataset "
+                             f"{' / '.join(repr(n) for n in takers)} only; got dataset {name!r}")
+    if key == AUTO:
+        key = _resolve_auto(data_path)
+    entry = REGISTRY[key]
+    native = entry.native_size
+    if native is not None and image_size is not None and int(image_size) != native:
+        raise ValueError(f"image_size={image_size} is not supported for {key} (its images are "
+                         f"{native}x{native}); image_size applies to "
+                         "'imagefolder' only")
+    given = {k: v for k, v in options.items() if k in entry.options}
+    return entry.load(data_path, download=download, augment=augment, image_size=image_size,
+                      **given)
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..defaults import VAL_FRACTION
+
 __all__ = ["IndexedDataset", "IndexedSubset", "as_index_array", "split_train_val", "make_loader"]
 
 
@@ -96,7 +98,7 @@ class IndexedSubset(Dataset):
 # Splits and loaders
 # --------------------------------------------------------------------------------------------
 
-def split_train_val(targets: Any, val_fraction: float = 0.1,
+def split_train_val(targets: Any, val_fraction: float = VAL_FRACTION,
                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Seeded per-class split of a training set into training and validation parts.
 

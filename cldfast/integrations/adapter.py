@@ -9,9 +9,9 @@ translate their hooks into these calls, as Lightning's own callbacks do.
 
 Epoch accounting. ``epochs_done`` counts the epochs whose end the adapter has handled
 (tracked or not) and goes into the saved state. On resume the framework says how many
-epochs its checkpoint finished; :meth:`CLDAdapter.resume_check` compares the two, runs the
-eval pass of an epoch whose end the checkpoint was written just before (the restored model
-is that epoch's final model), and refuses anything else. A resumed run therefore gives the
+epochs its resume checkpoint finished; :meth:`CLDAdapter.resume_check` compares the two,
+runs the eval pass of an epoch whose end the resume checkpoint was written just before (the
+restored model is that epoch's final model), and refuses anything else. A resumed run therefore gives the
 scores of an uninterrupted one, or an error; never a silently restarted tracker.
 """
 
@@ -27,6 +27,7 @@ import torch
 
 from ..core import distributed as ddist
 from ..core.tracker import CLDTracker
+from ..defaults import PRECISION
 
 __all__ = ["CLDAdapter", "MODES", "STATE_VERSION"]
 
@@ -62,7 +63,7 @@ class CLDAdapter:
 
     def __init__(self, train_labels: Any, val_labels: Any, *, mode: str = "eval",
                  every_n_epochs: int = 1, scores_path: str | Path | None = None,
-                 train_indices: Any = None, per_class: bool = True, precision: str = "float64",
+                 train_indices: Any = None, per_class: bool = True, precision: str = PRECISION,
                  source: str = "cldfast.integrations") -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
@@ -82,7 +83,7 @@ class CLDAdapter:
 
     # ------------------------------------------------------------------ tracker
     def tracked(self, epoch: int) -> bool:
-        """Whether the end of 0-based ``epoch`` is a CLD checkpoint."""
+        """Whether 0-based ``epoch`` is a tracked epoch (its end feeds CLD)."""
         return (int(epoch) + 1) % self.every_n_epochs == 0
 
     @property
@@ -142,8 +143,8 @@ class CLDAdapter:
     def close_epoch(self, epoch: int, device: torch.device | str,
                     passes: Callable[[], None]) -> dict[str, float] | None:
         """The end of 0-based ``epoch``: for a tracked epoch run ``passes()`` (which records
-        the eval-mode training losses in eval mode and V's losses) and close the tracker's
-        checkpoint. Returns the metrics to log (None for an untracked epoch)."""
+        the eval-mode training losses in eval mode and V's losses) and close the tracked
+        epoch in the tracker. Returns the metrics to log (None for an untracked epoch)."""
         epoch = int(epoch)
         if epoch < self.epochs_done:
             return None  # this epoch's end was handled already (the state was saved after it)
@@ -164,8 +165,8 @@ class CLDAdapter:
 
     def resume_check(self, epochs_finished: int, device: torch.device | str,
                      passes: Callable[[], None], *, where: str) -> None:
-        """After the framework restored a checkpoint that finished ``epochs_finished`` epochs:
-        check that the restored CLD state belongs to it. A checkpoint written after the last
+        """After the framework restored a resume checkpoint that finished ``epochs_finished``
+        epochs: check that the restored CLD state belongs to it. One written after the last
         step of an epoch but before that epoch's end hook (Hugging Face's step-based saving)
         is one epoch behind: its eval pass runs now, on the restored (final) model."""
         epochs_finished = int(epochs_finished)
@@ -194,7 +195,8 @@ class CLDAdapter:
 
     # ------------------------------------------------------------------ reporting
     def epoch_metrics(self) -> dict[str, float]:
-        """What a tracked epoch reports: checkpoints closed, share of samples scored (>= 2
+        """What a tracked epoch reports: tracked epochs closed so far (``cld/checkpoints``, the
+        tracker's ``checkpoint`` count), share of samples scored (>= 2
         differences), non-finite losses skipped so far."""
         tracker = self.tracker
         scored = tracker.num_differences() >= 2

@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..defaults import CCS_BETA, CCS_STRATA, DEEPCORE_SELECTION_EPOCHS, DEFAULT_ARCH, VAL_FRACTION
 from ..io import ScoresFile, load_scores
-from ..selection.balanced import ccs_select, check_fraction, select
+from ..selection.balanced import ccs_select, check_fraction, select_by_order
 from ..selection.methods import METHODS, canonical_method, score_array
 
 __all__ = ["ScoreSelector", "CLDSelector"]
@@ -71,8 +72,8 @@ class ScoreSelector:
     def __init__(self, dst_train: Any, args: Any = None, fraction: float = 0.5,
                  random_seed: int | None = None, *, scores: str | Path | ScoresFile | None = None,
                  method: str = "cld", balance: bool = True, strategy: str | None = None,
-                 order: str | None = None, dataset_indices: Any = None, ccs_beta: float = 0.1,
-                 ccs_strata: int = 50, **kwargs: Any) -> None:
+                 order: str | None = None, dataset_indices: Any = None,
+                 ccs_beta: float = CCS_BETA, ccs_strata: int = CCS_STRATA, **kwargs: Any) -> None:
         f = check_fraction(fraction)
         self.dst_train = dst_train
         self.args = args
@@ -140,8 +141,9 @@ class ScoreSelector:
             order = self.order or info.order
             # DeepCore's n_c counts the held-out validation samples, which are never picked:
             # a quota above the scored count takes every scored sample (as documented).
-            idx = select(scores, labels, fraction=self.fraction, order=order,
-                         class_balanced=self.balance, seed=self.random_seed, allow_short=True)
+            idx = select_by_order(scores, labels, fraction=self.fraction, order=order,
+                                  class_balanced=self.balance, seed=self.random_seed,
+                                  allow_short=True)
         return {"indices": idx, "scores": scores}
 
 
@@ -163,7 +165,8 @@ class CLDSelector(ScoreSelector):
     cannot build is an error, never a silent substitute), ``args.selection_epochs``,
     ``args.selection_lr``, ``args.selection_momentum``, ``args.selection_weight_decay``,
     ``args.selection_nesterov``, ``args.selection_batch`` and ``args.device``. Explicit
-    ``epochs=`` / ``arch=`` win over ``args``; without either, 10 epochs of ``small-cnn``.
+    ``epochs=`` / ``arch=`` win over ``args``; without either, 10 epochs of ``small-cnn``
+    (:data:`cldfast.defaults.DEEPCORE_SELECTION_EPOCHS`, :data:`cldfast.defaults.DEFAULT_ARCH`).
     ``val_fraction`` of every class is held out for CLD's validation trajectories;
     ``dst_test`` gives the proxy's test accuracy (else ``dst_train``); files go to ``out``
     (default: a new temporary folder). ``dst_train`` must yield ``(image tensor [C, H, W],
@@ -179,13 +182,15 @@ class CLDSelector(ScoreSelector):
     def __init__(self, dst_train: Any, args: Any = None, fraction: float = 0.5,
                  random_seed: int | None = None, epochs: int | None = None, *,
                  scores: str | Path | ScoresFile | None = None, arch: str | None = None,
-                 val_fraction: float = 0.1, dst_test: Any = None, out: str | Path | None = None,
-                 progress: bool = False, **kwargs: Any) -> None:
+                 val_fraction: float = VAL_FRACTION, dst_test: Any = None,
+                 out: str | Path | None = None, progress: bool = False, **kwargs: Any) -> None:
         kwargs.setdefault("method", "cld")
         super().__init__(dst_train, args, fraction, random_seed, scores=scores, **kwargs)
-        self.epochs = int(epochs if epochs is not None else _arg(args, "selection_epochs", 10))
+        if epochs is None:
+            epochs = _arg(args, "selection_epochs", DEEPCORE_SELECTION_EPOCHS)
+        self.epochs = int(epochs)
         model = getattr(args, "model", None)
-        self.arch = arch if arch is not None else (str(model).lower() if model else "small-cnn")
+        self.arch = arch if arch is not None else (str(model).lower() if model else DEFAULT_ARCH)
         self.val_fraction = val_fraction
         self.dst_test = dst_test
         self.out = out
@@ -195,7 +200,7 @@ class CLDSelector(ScoreSelector):
         if self._scores_src is not None:
             return super()._scores_file()
         from ..data.datasets import DatasetBundle, dataset_fingerprint
-        from ..pipeline.workflows import track
+        from ..pipeline import tracking
         from ..training.recipe import Recipe
 
         targets = _targets(self.dst_train)
@@ -240,7 +245,7 @@ class CLDSelector(ScoreSelector):
             raise ValueError(f"CLDSelector: the proxy recipe from DeepCore's selection_* "
                              f"arguments (or epochs=) is invalid: {exc}") from None
         out = Path(self.out) if self.out is not None else Path(tempfile.mkdtemp(prefix="cldfast-"))
-        sf, _ = track(bundle, out, arch=self.arch, recipe=recipe, val_fraction=self.val_fraction,
-                      progress=self.progress)
+        sf, _ = tracking.track(bundle, out, arch=self.arch, recipe=recipe,
+                               val_fraction=self.val_fraction, progress=self.progress)
         self._scores_src = sf
         return sf

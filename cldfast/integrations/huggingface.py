@@ -46,6 +46,7 @@ except ImportError as exc:
 
 from ..core import distributed as ddist
 from ..core.tracker import CLDTracker
+from ..defaults import PRECISION
 from ..io import load_checkpoint, save_checkpoint
 from .adapter import CLDAdapter
 
@@ -82,7 +83,7 @@ class CLDTrainerCallback(TrainerCallback):
         train_indices: [N] original dataset indices for the scores file.
         per_class, precision: passed to :class:`CLDTracker`.
 
-    Logging: each tracked epoch's ``cld/*`` metrics (checkpoints closed, share of samples
+    Logging: each tracked epoch's ``cld/*`` metrics (tracked epochs closed, share of samples
     scored, non-finite losses) and the final scores' summary go into ``TrainerState.log_history``
     (``trainer_state.json``) and into the Trainer's next log, which reaches the reporting
     integrations (TensorBoard, W&B) when the callback runs before them: register it with
@@ -95,7 +96,7 @@ class CLDTrainerCallback(TrainerCallback):
                  batch_size: int = 256, index_column: str = "cld_index", mode: str = "eval",
                  every_n_epochs: int = 1, scores_path: str | Path | None = None,
                  train_indices: Any = None, per_class: bool = True,
-                 precision: str = "float64") -> None:
+                 precision: str = PRECISION) -> None:
         self.core = CLDAdapter(train_labels, val_labels, mode=mode, every_n_epochs=every_n_epochs,
                                scores_path=scores_path, train_indices=train_indices,
                                per_class=per_class, precision=precision,

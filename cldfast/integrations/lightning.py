@@ -13,7 +13,7 @@ cross-entropy of ``module(inputs)``. Pass ``batch_losses=fn`` with
 ``fn(module, batch) -> (indices, per_sample_losses)`` for anything else.
 
 Under DDP every rank evaluates its shard and the callback all-gathers the losses, so every
-rank holds the same, whole tracker: checkpoints (written by rank 0) restore all ranks, and
+rank holds the same, whole tracker: resume checkpoints (written by rank 0) restore all ranks, and
 DistributedSampler's padded duplicates count once (the tracker's observation rule).
 """
 
@@ -35,6 +35,7 @@ except ImportError:  # the standalone package name
                           "pip install lightning (or pip install 'cldfast[lightning]')") from exc
 
 from ..core.tracker import CLDTracker
+from ..defaults import PRECISION
 from .adapter import CLDAdapter
 
 __all__ = ["CLDCallback", "cross_entropy_losses"]
@@ -74,19 +75,19 @@ class CLDCallback(pl.Callback):
             recorded.
         batch_losses: ``fn(module, batch) -> (indices, per_sample_losses)`` for the eval and
             validation passes (default: :func:`cross_entropy_losses`).
-        every_n_epochs: track every n-th epoch (checkpoint subsampling).
+        every_n_epochs: track every n-th epoch (the others do not feed CLD).
         scores_path: write the scores file (``CLDTracker.save``) here when training ends.
         train_indices: [N] original dataset indices stored in the scores file.
         per_class, precision: passed to :class:`CLDTracker`.
         name: distinguishes two callbacks with the same settings in one Trainer (their
-            checkpoint state is keyed by :attr:`state_key`, built from these arguments).
+            state in a resume checkpoint is keyed by :attr:`state_key`, built from these arguments).
 
-    Resume: the callback's state (tracker, epochs handled) goes into Lightning's checkpoints
-    and ``Trainer.fit(ckpt_path=...)`` restores it, at any number of processes; a resumed
-    fit gives the scores of an uninterrupted one, or raises (a checkpoint without the
+    Resume: the callback's state (tracker, epochs handled) goes into Lightning's (resume)
+    checkpoints and ``Trainer.fit(ckpt_path=...)`` restores it, at any number of processes; a
+    resumed fit gives the scores of an uninterrupted one, or raises (a checkpoint without the
     callback's state, or of another point of training). Each tracked epoch logs
-    ``cld/checkpoints``, ``cld/scored_fraction`` and the non-finite loss counts through
-    ``LightningModule.log``; the end of training logs the scores' summary to the Trainer's
+    ``cld/checkpoints`` (tracked epochs closed), ``cld/scored_fraction`` and the non-finite
+    loss counts through ``LightningModule.log``; the end of training logs the scores' summary to the Trainer's
     loggers. The eval pass shows a progress bar when the Trainer shows one.
     """
 
@@ -95,7 +96,7 @@ class CLDCallback(pl.Callback):
                  mode: str = "eval", batch_losses: BatchLosses = cross_entropy_losses,
                  every_n_epochs: int = 1, scores_path: str | Path | None = None,
                  train_indices: Any = None, per_class: bool = True,
-                 precision: str = "float64", name: str | None = None) -> None:
+                 precision: str = PRECISION, name: str | None = None) -> None:
         super().__init__()
         self.core = CLDAdapter(train_labels, val_labels, mode=mode, every_n_epochs=every_n_epochs,
                                scores_path=scores_path, train_indices=train_indices,
@@ -129,7 +130,8 @@ class CLDCallback(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "tracker" in state_dict and "epochs_done" not in state_dict:
-            # Written by cldfast 0.1 (the tracker only): its epochs handled are its checkpoints.
+            # Written by cldfast 0.1 (the tracker only): the epochs handled follow from its
+            # count of tracked epochs.
             tracker = state_dict["tracker"]
             if tracker is None:
                 return

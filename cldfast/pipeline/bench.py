@@ -10,7 +10,7 @@ Writes into ``out``:
 * ``scores.npz``: CLD and every baseline score (``extra_<name>``), ``proxy.json``;
 * ``cells/<method>-<strategy>-f<fraction>-s<seed>.json``: one finished retraining each,
   written atomically; a re-run skips the cells already there (cells written with other
-  settings are refused), and the proxy resumes from its checkpoint;
+  settings are refused), and the proxy resumes from its resume checkpoint;
 * ``indices/*.npy`` (original dataset indices of every coreset), ``runs/`` (per-run metrics);
 * ``bench.md``, ``bench.json`` and ``bench_accuracy.png`` (test accuracy against the
   fraction, one line per method, error bars = std over seeds, the full-data accuracy as a
@@ -39,23 +39,28 @@ import numpy as np
 
 from .._core import __version__
 from ..core import distributed as ddist
+from ..defaults import (BENCH_FRACTIONS, BENCH_METHODS, BENCH_OUT, BENCH_SEEDS, CCS_BETA, CCS_STRATA,
+                        DEFAULT_ARCH, LOSS_SOURCE, PRECISION, VAL_FRACTION)
 from ..data.datasets import DatasetBundle
-from ..io import ScoresFile, load_scores, write_json
+from ..io import ScoresFile, atomic_write, load_scores, write_json
 from ..scores.final import make_final_scores
 from ..scores.recorders import default_el2n_epoch, recorders_for_training
 from ..selection.balanced import check_fractions
-from ..selection.methods import METHODS, STRATEGIES, applicable, canonical_method, select_for_method
+from ..selection.methods import (METHODS, STRATEGIES, applicable, canonical_method, method_coreset,
+                                select_for_method)
 from ..selection.rules import RULES
 from ..training.models import model_name
 from ..training.recipe import Recipe, default_recipe
+from . import retraining, tracking
 from .report import bench_table, line_label, mean_std, plot_bench
+from .sources import load_data
 
 log = logging.getLogger("cldfast")
 
-__all__ = ["STRATEGIES", "DEFAULT_METHODS", "BenchResult", "bench", "select_for_method",
-           "parse_methods", "parse_strategies", "bench_table", "plot_bench"]
+__all__ = ["STRATEGIES", "DEFAULT_METHODS", "BenchResult", "bench", "method_coreset",
+           "select_for_method", "parse_methods", "parse_strategies", "bench_table", "plot_bench"]
 
-DEFAULT_METHODS = ("cld", "random", "forgetting", "el2n", "aum", "entropy", "kcenter")
+DEFAULT_METHODS = BENCH_METHODS  # the methods compared by default
 
 
 @dataclass
@@ -131,8 +136,6 @@ def _proxy(bundle: DatasetBundle, out: Path, cfg: dict[str, Any], methods: list[
            strategies: list[str], max_fraction: float, proxy_recipe: Recipe,
            progress: bool, proxy_model: Any = None) -> tuple[ScoresFile, dict[str, Any]]:
     """Run (or reuse) the proxy; returns the scores file and proxy.json's content."""
-    from .workflows import track
-
     keys = _needed_keys(methods, strategies)
     geometry = [m for m in methods if METHODS[m].kind == "geometry"]
     info_path = out / "proxy.json"
@@ -144,22 +147,20 @@ def _proxy(bundle: DatasetBundle, out: Path, cfg: dict[str, Any], methods: list[
             if all(k in sf.extra for k in keys) and geo_ok:
                 log.info("bench: reusing the proxy run in %s", out)
                 return sf, info
-    from .workflows import _split
-
     costs: dict[str, Any] = {}
-    train_idx, _ = _split(bundle, cfg["val_fraction"], proxy_recipe.seed)
+    train_idx, _ = bundle.split_train_val(cfg["val_fraction"], proxy_recipe.seed)
     n_train_split = int(train_idx.size)
     recorders = recorders_for_training(n_train_split, cfg["proxy_epochs_trained"], cfg["el2n_epoch"])
     final = make_final_scores(methods, batch_size=proxy_recipe.eval_batch_size,
                               workers=proxy_recipe.workers, amp=proxy_recipe.amp,
                               geometry_fraction=max_fraction, geometry_global="global" in strategies,
                               seed=proxy_recipe.seed, progress=progress, costs=costs)
-    sf, metrics = track(bundle, out, arch=proxy_model, recipe=proxy_recipe,
-                        val_fraction=cfg["val_fraction"], loss_source=cfg["loss_source"],
-                        track_epochs=cfg["track_epochs"], track_every=cfg["track_every"],
-                        track_from=cfg.get("track_from", 0), per_class=cfg["per_class"],
-                        precision=cfg["precision"], resume=True,
-                        progress=progress, recorders=recorders, final_scores=final)
+    sf, metrics = tracking.track(bundle, out, arch=proxy_model, recipe=proxy_recipe,
+                                 val_fraction=cfg["val_fraction"], loss_source=cfg["loss_source"],
+                                 track_epochs=cfg["track_epochs"], track_every=cfg["track_every"],
+                                 track_from=cfg.get("track_from", 0), per_class=cfg["per_class"],
+                                 precision=cfg["precision"], resume=True,
+                                 progress=progress, recorders=recorders, final_scores=final)
     costs["recorders"] = {r.name: {"seconds": r.seconds, "bytes": r.nbytes} for r in recorders}
     info = {"config": cfg, "metrics": {k: v for k, v in metrics.items() if k != "history"},
             "history": metrics.get("history", []), "costs": costs,
@@ -200,15 +201,16 @@ def _method_cost(method: str, info: dict[str, Any], n: int) -> dict[str, Any]:
                     f"{costs.get('embedding_dim', '?')}-d embeddings"}
 
 
-def bench(data: Any = None, out: str | Path = "cldfast-bench", *,
-          methods: str | Sequence[str] = DEFAULT_METHODS, fractions: Sequence[float] = (0.1, 0.3, 0.5),
-          seeds: int = 3, strategies: str | Sequence[str] = ("balanced",),
-          proxy_arch: str = "small-cnn", arch: str | None = None,
+def bench(data: Any = None, out: str | Path = BENCH_OUT, *,
+          methods: str | Sequence[str] = BENCH_METHODS,
+          fractions: Sequence[float] = BENCH_FRACTIONS, seeds: int = BENCH_SEEDS,
+          strategies: str | Sequence[str] = ("balanced",),
+          proxy_arch: str = DEFAULT_ARCH, arch: str | None = None,
           proxy_recipe: Recipe | None = None, recipe: Recipe | None = None,
-          val_fraction: float = 0.1, loss_source: str = "eval", track_epochs: int | None = None,
-          track_every: int = 1, track_from: int = 0, per_class: bool = True,
-          precision: str = "float64", rules: Sequence[str] = (),
-          el2n_epoch: int | None = None, ccs_beta: float = 0.1, ccs_strata: int = 50,
+          val_fraction: float = VAL_FRACTION, loss_source: str = LOSS_SOURCE,
+          track_epochs: int | None = None, track_every: int = 1, track_from: int = 0,
+          per_class: bool = True, precision: str = PRECISION, rules: Sequence[str] = (),
+          el2n_epoch: int | None = None, ccs_beta: float = CCS_BETA, ccs_strata: int = CCS_STRATA,
           full: bool = True, full_seeds: int | None = None, progress: bool = True) -> BenchResult:
     """Compare coreset methods from one proxy run; see the module docstring.
 
@@ -233,11 +235,9 @@ def bench(data: Any = None, out: str | Path = "cldfast-bench", *,
 
     Returns a :class:`BenchResult` with the markdown table and everything in ``bench.json``.
     """
-    from .workflows import _dataset_key, load_data, retrain_cell, tracked_epochs
-
     t_start = time.perf_counter()
     bundle = load_data(data)
-    key = _dataset_key(data, bundle)
+    key = bundle.registry_name
     out = Path(out)
     methods_l = parse_methods(methods)
     strategies_l = parse_strategies(_as_list(strategies) + rule_strategies(rules))
@@ -255,21 +255,10 @@ def bench(data: Any = None, out: str | Path = "cldfast-bench", *,
     # of cells on the embedded data stay those of workers=0.
     proxy_recipe, recipe = proxy_recipe.resolved(bundle.train), recipe.resolved(bundle.train)
     arch = arch if arch is not None else proxy_arch
-    stop = tracked_epochs(proxy_recipe.epochs, track_epochs, track_every, track_from)[-1] + 1
-    el2n = default_el2n_epoch(stop) if el2n_epoch is None else int(el2n_epoch)
-    if not 1 <= el2n <= stop:
-        raise ValueError(f"el2n_epoch must be in [1, {stop}] (the epochs the proxy trains); got {el2n_epoch}")
-    cfg = {"dataset": bundle.name, "fingerprint": bundle.fingerprint,
-           "proxy_arch": model_name(proxy_arch),
-           "proxy_recipe": proxy_recipe.identity(), "val_fraction": float(val_fraction),
-           "loss_source": loss_source, "track_epochs": track_epochs, "track_every": int(track_every),
-           "per_class": bool(per_class), "precision": precision, "el2n_epoch": el2n,
-           "proxy_epochs_trained": stop}
-    if track_from:  # only when set: the proxies cached by earlier versions keep their key
-        cfg["track_from"] = int(track_from)
-    cfg = json.loads(json.dumps(cfg))  # tuples -> lists, as read back from proxy.json
-    sf, proxy_info = _proxy(bundle, out, cfg, methods_l, strategies_l, fracs[-1], proxy_recipe, progress,
-                            proxy_model=proxy_arch)
+    cfg = _proxy_config(bundle, proxy_arch, proxy_recipe, val_fraction, loss_source, track_epochs,
+                        track_every, track_from, per_class, precision, el2n_epoch)
+    sf, proxy_info = _proxy(bundle, out, cfg, methods_l, strategies_l, fracs[-1], proxy_recipe,
+                            progress, proxy_model=proxy_arch)
     n = int(sf.scores.shape[0])
 
     lines = [(m, s) for s in strategies_l for m in methods_l if applicable(m, s)]
@@ -277,42 +266,8 @@ def bench(data: Any = None, out: str | Path = "cldfast-bench", *,
     for m, s in skipped:
         log.info("bench: %s has no difficulty score; strategy %s skipped for it", m, s)
     cells: dict[str, dict[str, Any]] = {}
-    base_cell_cfg = {"proxy": _digest(cfg), "arch": model_name(arch), "ccs": [float(ccs_beta), int(ccs_strata)]}
-
-    def run_cell(name: str, method: str, strategy: str, fraction: float, s: int) -> dict[str, Any]:
-        r = replace(recipe, seed=recipe.seed + s)
-        cell_cfg = {**base_cell_cfg, "recipe": r.identity(), "method": method, "strategy": strategy,
-                    "fraction": fraction}
-        if strategy != "ccs":
-            cell_cfg.pop("ccs")
-        digest = _digest(cell_cfg)
-        path = out / "cells" / f"{name}.json"
-        if path.is_file():
-            cell = json.loads(path.read_text())
-            if cell.get("config_digest") != digest:
-                raise ValueError(f"{path} was written by a bench with other settings (arch, recipe, "
-                                 "proxy or CCS options); use another output folder (--out) or delete that folder")
-            return cell
-        if method == "full":
-            pick = sf.train_indices.copy
-        else:
-            def pick():
-                return select_for_method(sf, method, strategy, fraction, seed=recipe.seed + s,
-                                         ccs_beta=ccs_beta, ccs_strata=ccs_strata)
-        m = retrain_cell(bundle, out / "runs", name, pick, arch=arch, recipe=recipe, seed=r.seed,
-                         indices_file=None if method == "full" else out / "indices" / f"{name}.npy",
-                         resume=True, progress=progress)
-        cell = {"name": name, "method": method, "strategy": strategy, "fraction": fraction,
-                "seed_index": s, "seed": r.seed, "samples": m["samples"],
-                "test_accuracy": m["test_accuracy"], "train_seconds": m["seconds"],
-                "select_seconds": m["select_seconds"], "config_digest": digest, "config": cell_cfg}
-        if ddist.is_main():
-            write_json(path, cell)
-        ckpt = out / "runs" / "checkpoints" / f"{name}.pt"
-        if ckpt.exists():  # the cell file now holds the result; the checkpoint only costs disk
-            ckpt.unlink()
-        return cell
-
+    run_cell = _CellRunner(bundle, out, sf, arch, recipe, _digest(cfg), float(ccs_beta),
+                           int(ccs_strata), progress)
     for s in range(max(seeds, full_seeds if full else 0)):
         if full and s < full_seeds:
             name = f"full-s{s}"
@@ -327,10 +282,7 @@ def bench(data: Any = None, out: str | Path = "cldfast-bench", *,
     if not ddist.is_main():  # rank 0 aggregates and writes the outputs
         return BenchResult(out, "", {})
     results = _aggregate(cells, lines, fracs, seeds, full_seeds if full else 0)
-    costs = {m: _method_cost(m, proxy_info, n) for m in methods_l}
-    for m in costs:
-        sel = [c["select_seconds"] for c in cells.values() if c["method"] == m]
-        costs[m]["select_seconds_mean"] = float(np.mean(sel)) if sel else 0.0
+    costs = _selection_costs(methods_l, proxy_info, n, cells)
     pm = proxy_info["metrics"]
     metrics = {
         "dataset": bundle.name, "fingerprint": bundle.fingerprint, "version": __version__,
@@ -344,13 +296,104 @@ def bench(data: Any = None, out: str | Path = "cldfast-bench", *,
         "selection_cost": costs, "results": results, "cells": cells,
         "seconds": time.perf_counter() - t_start,
     }
+    return _written(out, metrics)
+
+
+def _written(out: Path, metrics: dict[str, Any]) -> BenchResult:
+    """Writes bench.json, bench.md and bench_accuracy.png into ``out``."""
     table = bench_table(metrics)
     write_json(out / "bench.json", metrics)
-    from ..io import atomic_write
-
     atomic_write(out / "bench.md", lambda p: p.write_text(table + "\n"))
     plot_bench(out / "bench_accuracy.png", metrics)
     return BenchResult(out, table, metrics)
+
+
+def _proxy_config(bundle: DatasetBundle, proxy_arch: Any, proxy_recipe: Recipe,
+                  val_fraction: float, loss_source: str, track_epochs: int | None,
+                  track_every: int, track_from: int, per_class: bool, precision: str,
+                  el2n_epoch: int | None) -> dict[str, Any]:
+    """What identifies the bench's proxy run (its cache key in ``proxy.json``), checked."""
+    epochs = tracking.tracked_epochs(proxy_recipe.epochs, track_epochs, track_every, track_from)
+    stop = epochs[-1] + 1
+    el2n = default_el2n_epoch(stop) if el2n_epoch is None else int(el2n_epoch)
+    if not 1 <= el2n <= stop:
+        raise ValueError(f"el2n_epoch must be in [1, {stop}] (the epochs the proxy trains); "
+                         f"got {el2n_epoch}")
+    cfg = {"dataset": bundle.name, "fingerprint": bundle.fingerprint,
+           "proxy_arch": model_name(proxy_arch),
+           "proxy_recipe": proxy_recipe.identity(), "val_fraction": float(val_fraction),
+           "loss_source": loss_source, "track_epochs": track_epochs, "track_every": int(track_every),
+           "per_class": bool(per_class), "precision": precision, "el2n_epoch": el2n,
+           "proxy_epochs_trained": stop}
+    if track_from:  # only when set: the proxies cached by earlier versions keep their key
+        cfg["track_from"] = int(track_from)
+    return json.loads(json.dumps(cfg))  # tuples -> lists, as read back from proxy.json
+
+
+@dataclass
+class _CellRunner:
+    """One bench cell: a cached result from ``out/cells/<name>.json`` when its settings match,
+    else the coreset of a method x strategy x fraction retrained at one seed
+    (:func:`cldfast.pipeline.retraining.retrain_cell`), then cached."""
+
+    bundle: DatasetBundle
+    out: Path
+    sf: ScoresFile
+    arch: Any
+    recipe: Recipe
+    proxy_digest: str
+    ccs_beta: float
+    ccs_strata: int
+    progress: bool
+
+    def __call__(self, name: str, method: str, strategy: str, fraction: float,
+                 s: int) -> dict[str, Any]:
+        out, sf, recipe = self.out, self.sf, self.recipe
+        r = replace(recipe, seed=recipe.seed + s)
+        cell_cfg = {"proxy": self.proxy_digest, "arch": model_name(self.arch),
+                    "ccs": [self.ccs_beta, self.ccs_strata], "recipe": r.identity(),
+                    "method": method, "strategy": strategy, "fraction": fraction}
+        if strategy != "ccs":
+            cell_cfg.pop("ccs")
+        digest = _digest(cell_cfg)
+        path = out / "cells" / f"{name}.json"
+        if path.is_file():
+            cell = json.loads(path.read_text())
+            if cell.get("config_digest") != digest:
+                raise ValueError(f"{path} was written by a bench with other settings (arch, recipe, "
+                                 "proxy or CCS options); use another output folder (--out) or "
+                                 "delete that folder")
+            return cell
+        if method == "full":
+            pick = sf.train_indices.copy
+        else:
+            def pick():
+                return method_coreset(sf, method, strategy, fraction, seed=recipe.seed + s,
+                                      ccs_beta=self.ccs_beta, ccs_strata=self.ccs_strata)
+        file = None if method == "full" else out / "indices" / f"{name}.npy"
+        m = retraining.retrain_cell(self.bundle, out / "runs", name, pick, arch=self.arch,
+                                    recipe=recipe, seed=r.seed, indices_file=file, resume=True,
+                                    progress=self.progress)
+        cell = {"name": name, "method": method, "strategy": strategy, "fraction": fraction,
+                "seed_index": s, "seed": r.seed, "samples": m["samples"],
+                "test_accuracy": m["test_accuracy"], "train_seconds": m["seconds"],
+                "select_seconds": m["select_seconds"], "config_digest": digest, "config": cell_cfg}
+        if ddist.is_main():
+            write_json(path, cell)
+        ckpt = out / "runs" / "checkpoints" / f"{name}.pt"
+        if ckpt.exists():  # the cell file now holds the result; the resume checkpoint only costs disk
+            ckpt.unlink()
+        return cell
+
+
+def _selection_costs(methods: Sequence[str], proxy_info: dict[str, Any], n: int,
+                     cells: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per method: its selection cost on top of the shared proxy, and its mean selection time."""
+    costs = {m: _method_cost(m, proxy_info, n) for m in methods}
+    for m in costs:
+        sel = [c["select_seconds"] for c in cells.values() if c["method"] == m]
+        costs[m]["select_seconds_mean"] = float(np.mean(sel)) if sel else 0.0
+    return costs
 
 
 def _aggregate(cells: dict[str, dict[str, Any]], lines: list[tuple[str, str]], fracs: list[float],

@@ -11,16 +11,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ORDERS", "DEFAULT_FRACTIONS", "select", "class_quotas", "ccs_select", "check_fraction",
-           "check_fractions", "check_scored"]
+from ..defaults import CCS_BETA, CCS_STRATA, RUN_FRACTIONS
+
+__all__ = ["ORDERS", "DEFAULT_FRACTIONS", "select_by_order", "select", "class_quotas", "ccs_select",
+           "check_fraction", "check_fractions", "check_scored", "check_dataset_indices"]
 
 ORDERS = ("top", "bottom", "zero", "random")
 
 
-#: Coreset fractions of ``cldfast run`` / :func:`cldfast.pipeline.run` by default: the
-#: fidelity study's two (10 % and 30 % of each class), which keep the default run on the
-#: embedded data near 10 minutes on 2 cores.
-DEFAULT_FRACTIONS: tuple[float, ...] = (0.1, 0.3)
+#: Coreset fractions of ``cldfast run`` / :func:`cldfast.pipeline.run` by default
+#: (:data:`cldfast.defaults.RUN_FRACTIONS`).
+DEFAULT_FRACTIONS: tuple[float, ...] = RUN_FRACTIONS
 
 
 def check_fraction(fraction: float, name: str = "fraction") -> float:
@@ -72,7 +73,7 @@ def check_scored(c: int, quota: int, scored: int, n: int, *, fraction: float | N
                          "ask for fewer")
 
 
-def _dataset_indices(dataset_indices: Any, n: int) -> np.ndarray:
+def check_dataset_indices(dataset_indices: Any, n: int) -> np.ndarray:
     """[n] int64 original dataset index of each score (default 0..n-1), checked distinct."""
     ids = np.arange(n) if dataset_indices is None else np.asarray(dataset_indices, np.int64)
     if ids.shape != (n,):
@@ -99,10 +100,14 @@ def _ranking(scores: np.ndarray, dataset_indices: np.ndarray, order: str,
     return finite[np.lexsort((dataset_indices[finite], key))]
 
 
-def select(scores: Any, labels: Any, *, fraction: float | None = None,
-           per_class: int | None = None, order: str = "top", class_balanced: bool = True,
-           dataset_indices: Any = None, seed: int = 0, allow_short: bool = False) -> np.ndarray:
-    """Choose a coreset.
+def select_by_order(scores: Any, labels: Any, *, fraction: float | None = None,
+                    per_class: int | None = None, order: str = "top", class_balanced: bool = True,
+                    dataset_indices: Any = None, seed: int = 0,
+                    allow_short: bool = False) -> np.ndarray:
+    """Choose a coreset from a score array by keeping one end (``order``) of each class's
+    ranking (or of the ranking over all samples): the paper's top-k selection and its
+    bottom / near-zero / random variants. (:func:`cldfast.selection.select_by_rule` applies
+    the other selection rules; ``select`` is this function's earlier name.)
 
     Args:
         scores: [N] float scores (NaN = no score; never selected).
@@ -131,7 +136,7 @@ def select(scores: Any, labels: Any, *, fraction: float | None = None,
         raise ValueError(f"labels has {y.shape[0]} entries but scores has {s.shape[0]}")
     if order not in ORDERS:
         raise ValueError(f"order must be one of {', '.join(ORDERS)}; got {order!r}")
-    ids = _dataset_indices(dataset_indices, s.shape[0])
+    ids = check_dataset_indices(dataset_indices, s.shape[0])
     rng = np.random.default_rng(seed)
     if not class_balanced:
         if per_class is not None:
@@ -158,9 +163,13 @@ def select(scores: Any, labels: Any, *, fraction: float | None = None,
     return np.sort(out.astype(np.int64))
 
 
+#: The earlier name of :func:`select_by_order` (``cldfast.select``), kept for existing code.
+select = select_by_order
+
+
 def ccs_select(scores: Any, labels: Any, *, fraction: float | None = None,
-               per_class: int | None = None, hard: str = "top", beta: float = 0.1,
-               strata: int = 50, class_balanced: bool = False, dataset_indices: Any = None,
+               per_class: int | None = None, hard: str = "top", beta: float = CCS_BETA,
+               strata: int = CCS_STRATA, class_balanced: bool = False, dataset_indices: Any = None,
                seed: int = 0) -> np.ndarray:
     """Coverage-centric coreset selection (CCS; Zheng et al., ICLR 2023).
 
@@ -207,7 +216,7 @@ def ccs_select(scores: Any, labels: Any, *, fraction: float | None = None,
         raise ValueError("CCS over all samples needs fraction= (per_class= needs "
                          "class_balanced=True)")
     quotas = class_quotas(y, fraction=fraction, per_class=per_class) if class_balanced else None
-    ids = _dataset_indices(dataset_indices, s.shape[0])
+    ids = check_dataset_indices(dataset_indices, s.shape[0])
     rng = np.random.default_rng(seed)
 
     def one_group(members: np.ndarray, budget: int) -> np.ndarray:

@@ -4,7 +4,8 @@
 adapter know: the scores-file array it ranks, the end a selection keeps, the end CCS treats
 as hard, and where the score comes from (see :mod:`cldfast.scores.recorders` for the
 definitions). :func:`score_array` is the one place a method's values are read from a scores
-file; :func:`select_for_method` turns a method, a strategy and a fraction into a coreset.
+file; :func:`method_coreset` turns a method, a strategy and a fraction into a coreset
+(``select_for_method`` is its earlier name).
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..defaults import CCS_BETA, CCS_STRATA
 from ..io import ScoresFile
-from .balanced import ccs_select, check_fraction, class_quotas, select
+from .balanced import ccs_select, check_fraction, class_quotas, select_by_order
 from .rules import RULES, select_by_rule
 
 __all__ = ["MethodInfo", "METHODS", "canonical_method", "STRATEGIES", "RULE_STRATEGIES",
-           "applicable", "score_array", "select_for_method"]
+           "applicable", "score_array", "method_coreset", "select_for_method"]
 
 #: ``rule-<name>``: a class-balanced coreset by the selection rule ``<name>``
 #: (:mod:`cldfast.selection.rules`, automatic parameters) over the method's score; the
@@ -123,9 +125,9 @@ def score_array(sf: ScoresFile, method: str, *, global_order: bool = False,
                      f"cld, {stored}); {hint or f'record it with `cldfast bench --methods {info.name}`'}")
 
 
-def select_for_method(sf: ScoresFile, method: str, strategy: str, fraction: float, *,
-                      seed: int = 0, ccs_beta: float = 0.1, ccs_strata: int = 50,
-                      order: str | None = None) -> np.ndarray:
+def method_coreset(sf: ScoresFile, method: str, strategy: str, fraction: float, *,
+                   seed: int = 0, ccs_beta: float = CCS_BETA, ccs_strata: int = CCS_STRATA,
+                   order: str | None = None) -> np.ndarray:
     """Original dataset indices of ``method``'s coreset from a scores file.
 
     ``balanced`` / ``global``: rank by the method's score and keep ``order`` (default: the
@@ -143,8 +145,9 @@ def select_for_method(sf: ScoresFile, method: str, strategy: str, fraction: floa
         raise ValueError(f"strategy {strategy!r} needs a difficulty score; {info.name} has none")
     balanced = strategy != "global"
     if info.kind == "random":
-        return select(np.zeros(sf.labels.shape[0]), sf.labels, fraction=fraction, order="random",
-                      class_balanced=balanced, dataset_indices=sf.train_indices, seed=seed)
+        return select_by_order(np.zeros(sf.labels.shape[0]), sf.labels, fraction=fraction,
+                               order="random", class_balanced=balanced,
+                               dataset_indices=sf.train_indices, seed=seed)
     scores = score_array(sf, info.name, global_order=not balanced,
                          hint="re-run the bench proxy with this method")
     if info.kind == "geometry":
@@ -159,5 +162,9 @@ def select_for_method(sf: ScoresFile, method: str, strategy: str, fraction: floa
     if strategy == "ccs":
         return ccs_select(scores, sf.labels, fraction=fraction, hard=info.hard, beta=ccs_beta,
                           strata=ccs_strata, dataset_indices=sf.train_indices, seed=seed)
-    return select(scores, sf.labels, fraction=fraction, order=order or info.order,
-                  class_balanced=balanced, dataset_indices=sf.train_indices, seed=seed)
+    return select_by_order(scores, sf.labels, fraction=fraction, order=order or info.order,
+                           class_balanced=balanced, dataset_indices=sf.train_indices, seed=seed)
+
+
+#: The earlier name of :func:`method_coreset`, kept for existing code.
+select_for_method = method_coreset

@@ -29,8 +29,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .balanced import (_dataset_indices, ccs_select, check_fraction, check_scored, class_quotas,
-                       select)
+from .balanced import (ccs_select, check_dataset_indices, check_fraction, check_scored,
+                       class_quotas, select)
 
 __all__ = ["RuleParam", "RuleInfo", "RULES", "KEEPS", "select_by_rule", "auto_params",
            "resolve_params", "check_params", "estimate_noise_rate", "ccs_beta_schedule",
@@ -330,7 +330,7 @@ def select_by_rule(scores: Any, labels: Any, *, rule: str = "top", fraction: flo
     if y.shape != s.shape:
         raise ValueError(f"labels has {y.shape[0]} entries but scores has {s.shape[0]}")
     o = _oriented(s, keep)
-    ids = _dataset_indices(dataset_indices, s.shape[0])
+    ids = check_dataset_indices(dataset_indices, s.shape[0])
     quotas = class_quotas(y, fraction=fraction, per_class=per_class)
     finite = np.isfinite(s)
     members_of = {c: np.flatnonzero(y == c) for c in quotas}

@@ -153,20 +153,20 @@ def _unscored(tmp_path, meta, n=40):
 
 
 @pytest.mark.parametrize("meta, why", [
-    ({"checkpoints": 2}, "the proxy tracked 2 checkpoint(s), 3 are needed"),
-    ({"tracked_epochs": [1, 2]}, "the proxy tracked 2 checkpoint(s), 3 are needed"),
+    ({"checkpoints": 2}, "the proxy tracked 2 epoch(s), 3 are needed"),
+    ({"tracked_epochs": [1, 2]}, "the proxy tracked 2 epoch(s), 3 are needed"),
     ({"checkpoints": 5, "nonfinite_train_losses": 999},
-     "the proxy tracked 5 checkpoints, but no sample has finite losses at 3 of them"),
-    ({}, "does not record how many checkpoints were tracked"),
+     "the proxy tracked 5 epochs, but no sample has finite losses at the end of 3 of them"),
+    ({}, "does not record how many epochs were tracked"),
 ])
 @pytest.mark.parametrize("method", ["cld", "random"])
 def test_select_from_a_file_without_scores_is_an_error_and_writes_nothing(tmp_path, capsys, meta,
                                                                           why, method):
-    from cldfast.pipeline import select_to_file
+    from cldfast.pipeline import write_coreset
 
     path = _unscored(tmp_path, meta)
     with pytest.raises(ValueError, match="no sample has a CLD score") as info:
-        select_to_file(path, method=method, fraction=0.5)
+        write_coreset(path, method=method, fraction=0.5)
     assert why in str(info.value)
     out = tmp_path / "picked.npy"
     assert main(["select", str(path), "--method", method, "--per-class", "2", "-o", str(out)]) == 2
@@ -178,7 +178,7 @@ def test_select_from_a_file_without_scores_is_an_error_and_writes_nothing(tmp_pa
 
 
 def test_select_more_than_a_class_has_scored_is_an_error_and_writes_nothing(tmp_path, capsys):
-    from cldfast.pipeline import select_to_file, select_coreset
+    from cldfast.pipeline import cld_coreset, write_coreset
 
     labels = np.arange(40) % 4
     scores = np.linspace(-1, 1, 40)
@@ -186,11 +186,11 @@ def test_select_more_than_a_class_has_scored_is_an_error_and_writes_nothing(tmp_
     path = save_scores(tmp_path / "scores.npz",
                        ScoresFile(scores, labels, np.arange(40), np.arange(40, 44), {"checkpoints": 8}))
     sf = load_scores(path)
-    assert select_coreset(sf, per_class=3).size == 12
+    assert cld_coreset(sf, per_class=3).size == 12
     with pytest.raises(ValueError, match=r"class 2: .*asks for 4 samples \(per_class=4\) but only 3"):
-        select_coreset(sf, per_class=4)
+        cld_coreset(sf, per_class=4)
     with pytest.raises(ValueError, match=r"class 2: .*asks for 5 samples \(fraction 0.5"):
-        select_to_file(path, fraction=0.5)
+        write_coreset(path, fraction=0.5)
     for args, quota in ((["--per-class", "4"], "asks for 4 samples (per_class=4)"),
                         (["--fraction", "0.5"], "asks for 5 samples (fraction 0.5 of its 10"),
                         (["--fraction", "0.5", "-o", str(tmp_path / "x.txt")], "asks for 5")):

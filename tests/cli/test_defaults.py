@@ -6,6 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import cldfast.pipeline.end_to_end as end_to_end
+import cldfast.pipeline.retraining as retraining
+import cldfast.pipeline.tracking as tracking
+import cldfast.pipeline.training as training
 import cldfast.pipeline.workflows as workflows
 from cldfast.cli import main
 from cldfast.data import default_epochs, is_embedded
@@ -32,8 +36,9 @@ def _capture(monkeypatch):
         seen["train"].append(kw["recipe"])
         raise _Stop
 
-    monkeypatch.setattr(workflows, "track", fake_track)
-    monkeypatch.setattr(workflows, "train", fake_train)
+    # Patched where they live: run() and the retraining cells call them there.
+    monkeypatch.setattr(tracking, "track", fake_track)
+    monkeypatch.setattr(training, "train", fake_train)
     return seen
 
 
@@ -87,13 +92,13 @@ def test_run_passes_the_tracker_precision(monkeypatch, tmp_path):
 def _capture_jobs(monkeypatch) -> list[tuple[object, int]]:
     """Record what run() asks retrain_jobs and what it answers, then stop the run."""
     asked: list[tuple[object, int]] = []
-    real = workflows.retrain_jobs
+    real = retraining.retrain_jobs
 
     def spy(data, arch, recipe, cells, jobs):
         asked.append((jobs, real(data, arch, recipe, cells, jobs)))
         raise _Stop
 
-    monkeypatch.setattr(workflows, "retrain_jobs", spy)
+    monkeypatch.setattr(retraining, "retrain_jobs", spy)
     return asked
 
 
@@ -111,7 +116,7 @@ def test_python_run_defaults_to_one_job_and_cli_run_to_auto(monkeypatch, tmp_pat
         main(["run", "--dataset", "digits", "--out", str(tmp_path / "cli"), "--quiet"])
     with pytest.raises(_Stop):
         main(["run", "--dataset", "digits", "--out", str(tmp_path / "cli2"), "--quiet", "--jobs", "3"])
-    cells = 2 * len(workflows._run_cells(workflows.DEFAULT_FRACTIONS, min(workflows.DEFAULT_FRACTIONS)))
+    cells = 2 * len(end_to_end._run_cells(workflows.DEFAULT_FRACTIONS, min(workflows.DEFAULT_FRACTIONS)))
     assert asked == [(1, 1), ("auto", min(8, workflows.available_cores(), cells)), (3, 3)]
 
 
@@ -134,3 +139,41 @@ def test_cli_run_refuses_jobs_under_torchrun(monkeypatch, tmp_path, capsys):
     with pytest.raises(_Stop):
         main(["run", "--dataset", "digits", "--out", str(out), "--quiet"])
     assert asked == [("auto", 1)]
+
+
+def test_defaults_are_named_once():
+    """Every workflow, the CLI and the integrations take their defaults from cldfast.defaults;
+    the values themselves are the documented ones (README, docs/method.md)."""
+    import inspect
+
+    import cldfast.defaults as d
+    from cldfast.cli import build_parser
+    from cldfast.integrations.deepcore import CLDSelector
+    from cldfast.pipeline.bench import bench
+    from cldfast.training.models import ARCHS
+
+    assert (d.DEFAULT_ARCH, d.VAL_FRACTION, d.INFOBATCH_DELTA) == ("small-cnn", 0.1, 0.875)
+    assert d.RUN_FRACTIONS == (0.1, 0.3) and d.RUN_SEEDS == 2 and d.BENCH_SEEDS == 3
+    assert d.DEFAULT_ARCH in ARCHS
+
+    def defaults(fn):
+        return {k: p.default for k, p in inspect.signature(fn).parameters.items()}
+
+    for fn in (workflows.track, workflows.run, bench):
+        got = defaults(fn)
+        assert got.get("val_fraction") == d.VAL_FRACTION and got.get("precision") == d.PRECISION
+        assert got.get("proxy_arch", got.get("arch")) == d.DEFAULT_ARCH
+    assert defaults(workflows.train)["val_fraction"] == d.VAL_FRACTION
+    assert workflows.PruneSpec("infobatch").delta == d.INFOBATCH_DELTA
+    assert defaults(CLDSelector)["val_fraction"] == d.VAL_FRACTION
+
+    sub = build_parser()._subparsers._group_actions[0].choices
+    run, train, bench_p = sub["run"], sub["train"], sub["bench"]
+    assert run.get_default("proxy_arch") == d.DEFAULT_ARCH and run.get_default("seeds") == d.RUN_SEEDS
+    assert run.get_default("fractions") == list(d.RUN_FRACTIONS)
+    assert run.get_default("val_fraction") == d.VAL_FRACTION
+    assert train.get_default("prune_delta") == d.INFOBATCH_DELTA
+    assert train.get_default("val_fraction") == d.VAL_FRACTION
+    assert bench_p.get_default("fractions") == list(d.BENCH_FRACTIONS)
+    assert bench_p.get_default("methods") == list(d.BENCH_METHODS)
+    assert "(default: 0.875, InfoBatch's)" in " ".join(train.format_help().split())

@@ -41,7 +41,7 @@ def fake_track(calls):
 
 def test_deepcore_args_reach_the_proxy(monkeypatch):
     calls = []
-    monkeypatch.setattr("cldfast.pipeline.workflows.track", fake_track(calls))
+    monkeypatch.setattr("cldfast.pipeline.tracking.track", fake_track(calls))
     args = SimpleNamespace(model="ResNet18", selection_epochs=7, selection_lr=0.05,
                            selection_momentum=0.8, selection_weight_decay=0.0,
                            selection_nesterov=False, selection_batch=32, device="cpu")
@@ -56,14 +56,14 @@ def test_deepcore_args_reach_the_proxy(monkeypatch):
 
 
 def test_unknown_deepcore_model_is_an_error_not_a_substitute(monkeypatch):
-    monkeypatch.setattr("cldfast.pipeline.workflows.track", fake_track([]))
+    monkeypatch.setattr("cldfast.pipeline.tracking.track", fake_track([]))
     with pytest.raises(ValueError, match=r"args\.model.*arch="):
         CLDSelector(Images(), SimpleNamespace(model="NoSuchNet"), fraction=0.2).select()
 
 
 @pytest.mark.parametrize("balance", [True, False])
 def test_fraction_follows_deepcore(monkeypatch, balance):
-    monkeypatch.setattr("cldfast.pipeline.workflows.track", fake_track([]))
+    monkeypatch.setattr("cldfast.pipeline.tracking.track", fake_track([]))
     data = Images(n=60, classes=3)
     picked = CLDSelector(data, None, fraction=0.25, balance=balance).select()["indices"]
     counts = np.bincount(data.targets.numpy()[picked], minlength=3)
@@ -77,7 +77,7 @@ def test_fraction_follows_deepcore(monkeypatch, balance):
 def test_deepcore_zero_and_false_args_are_values_not_missing(monkeypatch):
     """Only a missing or None argument takes the default: momentum 0 stays 0 (it was 0.9)."""
     calls = []
-    monkeypatch.setattr("cldfast.pipeline.workflows.track", fake_track(calls))
+    monkeypatch.setattr("cldfast.pipeline.tracking.track", fake_track(calls))
     args = SimpleNamespace(selection_momentum=0, selection_weight_decay=0, selection_nesterov=False,
                            selection_lr=0.02, selection_batch=16, selection_epochs=3, device="cpu")
     CLDSelector(Images(), args, fraction=0.2).select()
@@ -98,7 +98,7 @@ def test_deepcore_zero_and_false_args_are_values_not_missing(monkeypatch):
                                          ("selection_batch", "batch_size must be >= 1")])
 def test_deepcore_zero_that_cannot_be_is_an_error_not_the_default(monkeypatch, name, match):
     calls = []
-    monkeypatch.setattr("cldfast.pipeline.workflows.track", fake_track(calls))
+    monkeypatch.setattr("cldfast.pipeline.tracking.track", fake_track(calls))
     with pytest.raises(ValueError, match=f"selection_.*{match}"):
         CLDSelector(Images(), SimpleNamespace(**{name: 0}), fraction=0.2).select()
     assert calls == []

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-import cldfast.pipeline.workflows as pipeline
+import cldfast.pipeline.tracking as tracking
+import cldfast.pipeline.training as training
 from cldfast.selection.methods import METHODS
 from cldfast.cli.bench import register
-from cldfast.pipeline.bench import bench, select_for_method
+from cldfast.pipeline.bench import bench, method_coreset
 from cldfast.integrations.deepcore import CLDSelector, ScoreSelector
 from cldfast.io import load_scores
 from cldfast.pipeline import DataSpec
@@ -102,8 +103,8 @@ def test_rerun_continues_from_the_cache(bench_out, monkeypatch, capsys):
     def no_training(*args, **kwargs):
         raise AssertionError("a cached cell was trained again")
 
-    monkeypatch.setattr(pipeline, "train", no_training)
-    monkeypatch.setattr(pipeline, "track", no_training)
+    monkeypatch.setattr(training, "train", no_training)
+    monkeypatch.setattr(tracking, "track", no_training)
     handler, args = parse([*ARGS, "--out", str(bench_out)])
     assert handler(args) == 0
     assert (bench_out / "bench.md").read_text() == before
@@ -111,7 +112,7 @@ def test_rerun_continues_from_the_cache(bench_out, monkeypatch, capsys):
 
 
 def test_interrupted_bench_continues_where_it_stopped(tmp_path, monkeypatch):
-    real_train = pipeline.train
+    real_train = training.train
     calls = {"n": 0}
 
     def crash_after_three(*args, **kwargs):
@@ -123,7 +124,7 @@ def test_interrupted_bench_continues_where_it_stopped(tmp_path, monkeypatch):
     kw = dict(methods="cld,random,aum", fractions=[0.5], seeds=2, progress=False,
               recipe=Recipe(epochs=1, batch_size=64, device="cpu"),
               proxy_recipe=Recipe(epochs=3, batch_size=64, device="cpu"))
-    monkeypatch.setattr(pipeline, "train", crash_after_three)
+    monkeypatch.setattr(training, "train", crash_after_three)
     with pytest.raises(KeyboardInterrupt):
         bench(DataSpec("digits"), tmp_path, **kw)
     assert len(list((tmp_path / "cells").glob("*.json"))) == 3
@@ -160,11 +161,11 @@ def test_bench_help_and_argument_errors(capsys):
     assert "--track-from" in capsys.readouterr().err
 
 
-def test_select_for_method_uses_each_methods_end(bench_out):
+def test_method_coreset_uses_each_methods_end(bench_out):
     sf = load_scores(bench_out / "scores.npz")
     for method in ("forgetting", "aum", "el2n", "entropy", "margin", "confidence"):
         info = METHODS[method]
-        idx = select_for_method(sf, method, "global", 0.2)
+        idx = method_coreset(sf, method, "global", 0.2)
         pos = np.searchsorted(sf.train_indices, idx)
         s = sf.extra[info.key]
         rest = np.setdiff1d(np.arange(s.size), pos)
@@ -173,11 +174,11 @@ def test_select_for_method_uses_each_methods_end(bench_out):
         else:
             assert s[pos].max() <= np.nanmin(s[rest])
     with pytest.raises(ValueError, match="kcenter_global"):
-        select_for_method(sf, "kcenter", "global", 0.2)
+        method_coreset(sf, "kcenter", "global", 0.2)
     with pytest.raises(ValueError, match="smaller fraction"):
-        select_for_method(sf, "kcenter", "balanced", 0.9)
+        method_coreset(sf, "kcenter", "balanced", 0.9)
     with pytest.raises(ValueError, match="ccs"):
-        select_for_method(sf, "random", "ccs", 0.2)
+        method_coreset(sf, "random", "ccs", 0.2)
 
 
 def test_rule_strategies_over_a_stored_baseline(bench_out):
@@ -191,8 +192,8 @@ def test_rule_strategies_over_a_stored_baseline(bench_out):
     quotas = class_quotas(sf.labels, fraction=0.3)
     q = auto_params("filtered", aum, sf.labels, fraction=0.3, keep="top")["q"]
     for rule in ("rule-ccs", "rule-filtered", "rule-band", "rule-beta", "rule-mix"):
-        idx = select_for_method(sf, "aum", rule, 0.3, seed=5)
-        np.testing.assert_array_equal(idx, select_for_method(sf, "aum", rule, 0.3, seed=5))
+        idx = method_coreset(sf, "aum", rule, 0.3, seed=5)
+        np.testing.assert_array_equal(idx, method_coreset(sf, "aum", rule, 0.3, seed=5))
         pos = np.searchsorted(sf.train_indices, idx)
         assert np.array_equal(sf.train_indices[pos], idx)
         got = {int(c): int(n) for c, n in zip(*np.unique(sf.labels[pos], return_counts=True))}
@@ -205,7 +206,7 @@ def test_rule_strategies_over_a_stored_baseline(bench_out):
                 assert not np.isin(worst, pos).any()
     for method in ("random", "kcenter"):
         with pytest.raises(ValueError, match="rule-filtered.*difficulty score"):
-            select_for_method(sf, method, "rule-filtered", 0.3)
+            method_coreset(sf, method, "rule-filtered", 0.3)
 
 
 class DeepCoreLike(torch.utils.data.Dataset):

@@ -305,7 +305,7 @@ def test_failed_cell_in_jobs_mode_stops_the_running_cells(tmp_path):
     import time
 
     from cldfast.data import load_dataset
-    from cldfast.pipeline.workflows import _retrain_cells
+    from cldfast.pipeline.retraining import retrain_cells
 
     bundle = load_dataset("digits")
     idx = np.arange(len(bundle.train_targets))
@@ -316,9 +316,27 @@ def test_failed_cell_in_jobs_mode_stops_the_running_cells(tmp_path):
     out = tmp_path / "runs"
     t0 = time.perf_counter()
     with pytest.raises(ValueError, match="unknown architecture 'no-such-model'"):
-        _retrain_cells(bundle, "digits", out, cells, 2, progress=False)
+        retrain_cells(bundle, "digits", out, cells, 2, progress=False)
     elapsed = time.perf_counter() - t0
     assert not (out / "long_metrics.json").exists()
     assert not (out / "queued_metrics.json").exists()
     assert (out / "checkpoints" / "long.pt").exists()  # stopped by SIGTERM, resumable
     assert elapsed < 90, elapsed
+
+
+def test_findings_come_from_the_package_data_file():
+    """The note said after a run on the embedded data is read from findings.json (shipped in
+    the wheel beside the module), not written in code."""
+    import json
+    from importlib import resources
+
+    from cldfast.pipeline import EMBEDDED_NOTE
+    from cldfast.pipeline.findings import finding
+
+    data = resources.files("cldfast.pipeline").joinpath("findings.json")
+    assert data.is_file()
+    assert json.loads(data.read_text(encoding="utf-8"))["embedded_note"] == EMBEDDED_NOTE
+    assert EMBEDDED_NOTE.startswith("Note: this quick run on the embedded Fashion-MNIST")
+    assert EMBEDDED_NOTE.endswith("--proxy-arch resnet18 --epochs 164")
+    with pytest.raises(KeyError, match="embedded_note"):
+        finding("no-such-finding")

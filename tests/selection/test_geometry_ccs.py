@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cldfast.selection import ccs_select, class_quotas, select
+from cldfast.selection import ccs_select, class_quotas, select_by_order
 from cldfast.selection.geometry import greedy_scores, herding, kcenter_greedy
 
 
@@ -87,7 +87,7 @@ def test_greedy_scores_are_class_balanced_pick_orders():
         order = herding(x[members], q)
         np.testing.assert_array_equal(s[members[order]], -np.arange(q))
     # a smaller fraction takes the first picks of each class
-    small = select(s, labels, fraction=0.2, order="top")
+    small = select_by_order(s, labels, fraction=0.2, order="top")
     for c, q in class_quotas(labels, fraction=0.2).items():
         members = np.flatnonzero(labels == c)
         np.testing.assert_array_equal(np.sort(members[herding(x[members], q)]),

@@ -10,7 +10,8 @@ import pytest
 
 from cldfast.cli import main
 from cldfast.io import ScoresFile, save_scores
-from cldfast.selection import RULES, auto_params, estimate_noise_rate, select, select_by_rule
+from cldfast.selection import (RULES, auto_params, estimate_noise_rate, select_by_order,
+                               select_by_rule)
 from cldfast.selection.rules import beta_shape, ccs_beta_schedule, resolve_params
 
 RANDOM_RULES = ("ccs", "filtered", "beta", "mix")
@@ -94,7 +95,8 @@ def test_the_order_of_the_entries_does_not_matter(rule):
 def test_top_is_select_and_the_plain_sorted_top(keep, size):
     s, y, ids = make()
     got = select_by_rule(s, y, rule="top", keep=keep, dataset_indices=ids, **size)
-    np.testing.assert_array_equal(got, select(s, y, order=keep, dataset_indices=ids, **size))
+    np.testing.assert_array_equal(got, select_by_order(s, y, order=keep, dataset_indices=ids,
+                                                       **size))
     o = s if keep == "top" else -s
     ref = []
     for c, q in ref_quotas(y, **size).items():
@@ -351,7 +353,7 @@ def test_bad_keep_sizes_and_short_classes_are_refused_as_select_refuses_them():
     for rule in RULES:
         for size in (dict(fraction=0.97), dict(per_class=400)):
             with pytest.raises(ValueError) as theirs:
-                select(s, y, **size)
+                select_by_order(s, y, **size)
             with pytest.raises(ValueError) as ours:
                 select_by_rule(s, y, rule=rule, **size)
             assert str(ours.value) == str(theirs.value) and "have a score" in str(ours.value)

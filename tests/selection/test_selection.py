@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from cldfast.selection import class_quotas, select
+from cldfast.selection import class_quotas, select_by_order
 
 
 @st.composite
@@ -27,9 +27,10 @@ def test_class_balanced_invariants(problem, order, fraction):
                 > np.isfinite(scores[labels == c]).sum() for c in np.unique(labels))
     if short:  # a class with fewer scored samples than its quota: an error by default
         with pytest.raises(ValueError, match=r"class \d+: the selection asks for \d+ samples"):
-            select(scores, labels, fraction=fraction, order=order, dataset_indices=ids, seed=3)
-    chosen = select(scores, labels, fraction=fraction, order=order, dataset_indices=ids, seed=3,
-                    allow_short=True)
+            select_by_order(scores, labels, fraction=fraction, order=order, dataset_indices=ids,
+                            seed=3)
+    chosen = select_by_order(scores, labels, fraction=fraction, order=order, dataset_indices=ids,
+                             seed=3, allow_short=True)
     assert np.all(np.diff(chosen) > 0)  # sorted, no duplicates
     pos = {int(i): k for k, i in enumerate(ids)}
     picked = np.array([pos[int(i)] for i in chosen], dtype=np.int64)  # in original space
@@ -51,30 +52,31 @@ def test_class_balanced_invariants(problem, order, fraction):
 def test_top_is_highest_with_ties_to_lower_index():
     scores = np.array([0.5, 0.9, 0.5, 0.1, np.nan, 0.9])
     labels = np.zeros(6, np.int64)
-    assert select(scores, labels, per_class=3).tolist() == [0, 1, 5]
-    assert select(scores, labels, per_class=2, order="bottom").tolist() == [0, 3]
-    assert select(scores, labels, per_class=1, order="zero").tolist() == [3]
-    assert select(scores, labels, per_class=5).tolist() == [0, 1, 2, 3, 5]  # NaN never
-    assert select(scores, labels, per_class=10, allow_short=True).tolist() == [0, 1, 2, 3, 5]
+    assert select_by_order(scores, labels, per_class=3).tolist() == [0, 1, 5]
+    assert select_by_order(scores, labels, per_class=2, order="bottom").tolist() == [0, 3]
+    assert select_by_order(scores, labels, per_class=1, order="zero").tolist() == [3]
+    assert select_by_order(scores, labels, per_class=5).tolist() == [0, 1, 2, 3, 5]  # NaN never
+    assert (select_by_order(scores, labels, per_class=10, allow_short=True).tolist()
+            == [0, 1, 2, 3, 5])
 
 
 def test_global_and_per_class_counts():
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1, 2], [10, 20, 30])
     scores = rng.random(60)
-    assert select(scores, labels, fraction=0.5, class_balanced=False).size == 30
-    top_global = select(scores, labels, fraction=0.1, class_balanced=False)
+    assert select_by_order(scores, labels, fraction=0.5, class_balanced=False).size == 30
+    top_global = select_by_order(scores, labels, fraction=0.1, class_balanced=False)
     assert set(top_global) == set(np.argsort(-scores)[:6])
-    assert select(scores, labels, per_class=4).size == 12
+    assert select_by_order(scores, labels, per_class=4).size == 12
     assert class_quotas(labels, fraction=0.25) == {0: 3, 1: 5, 2: 8}  # 2.5 rounds up
 
 
 def test_random_is_seeded_and_uniform_over_scored():
     labels = np.zeros(100, np.int64)
     scores = np.where(np.arange(100) % 2 == 0, 1.0, np.nan)
-    a = select(scores, labels, per_class=10, order="random", seed=1)
-    b = select(scores, labels, per_class=10, order="random", seed=1)
-    c = select(scores, labels, per_class=10, order="random", seed=2)
+    a = select_by_order(scores, labels, per_class=10, order="random", seed=1)
+    b = select_by_order(scores, labels, per_class=10, order="random", seed=1)
+    c = select_by_order(scores, labels, per_class=10, order="random", seed=2)
     assert a.tolist() == b.tolist() and a.tolist() != c.tolist()
     assert np.all(a % 2 == 0)
 
@@ -89,7 +91,7 @@ def test_random_is_seeded_and_uniform_over_scored():
 ])
 def test_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        select(np.zeros(4), np.zeros(4, np.int64), **kwargs)
+        select_by_order(np.zeros(4), np.zeros(4, np.int64), **kwargs)
 
 
 def test_a_quota_above_the_scored_count_is_an_error_naming_class_quota_and_count():
@@ -98,22 +100,34 @@ def test_a_quota_above_the_scored_count_is_an_error_naming_class_quota_and_count
     labels = np.repeat([0, 1], 10)
     scores = np.linspace(-1, 1, 20)
     scores[10:17] = np.nan  # class 1: 3 of 10 scored
-    assert select(scores, labels, per_class=3).size == 6
+    assert select_by_order(scores, labels, per_class=3).size == 6
     with pytest.raises(ValueError, match=r"class 1: .*asks for 4 samples \(per_class=4\) but only "
                                          r"3 of its 10 samples have a score"):
-        select(scores, labels, per_class=4)
-    assert select(scores, labels, fraction=0.3).size == 6  # round(0.3 * 10) = 3 per class
+        select_by_order(scores, labels, per_class=4)
+    assert select_by_order(scores, labels, fraction=0.3).size == 6  # round(0.3 * 10) = 3 per class
     with pytest.raises(ValueError, match=r"class 1: .*asks for 4 samples \(fraction 0.4 of its "
                                          r"10 samples\) but only 3"):
-        select(scores, labels, fraction=0.4)
+        select_by_order(scores, labels, fraction=0.4)
     with pytest.raises(ValueError, match=r"class 0: .*asks for 11 samples \(per_class=11\) but "
                                          r"only 10 of its 10"):  # more than the class holds
-        select(np.zeros(20), labels, per_class=11)
+        select_by_order(np.zeros(20), labels, per_class=11)
     # Without class balance: round(f * N) against every scored sample.
-    assert select(scores, labels, fraction=0.65, class_balanced=False).size == 13
+    assert select_by_order(scores, labels, fraction=0.65, class_balanced=False).size == 13
     with pytest.raises(ValueError, match=r"asks for 14 samples \(fraction 0.7 of 20\) but only 13"):
-        select(scores, labels, fraction=0.7, class_balanced=False)
+        select_by_order(scores, labels, fraction=0.7, class_balanced=False)
     with pytest.raises(ValueError, match="class 0"):
-        select(np.full(20, np.nan), labels, fraction=0.1)
+        select_by_order(np.full(20, np.nan), labels, fraction=0.1)
     # allow_short=True: every scored sample of a short class (the DeepCore adapter's rule).
-    assert select(scores, labels, per_class=4, allow_short=True).size == 7
+    assert select_by_order(scores, labels, per_class=4, allow_short=True).size == 7
+
+
+def test_earlier_names_are_the_canonical_functions():
+    """The select functions are named for what they do; the earlier names stay as aliases."""
+    import cldfast
+    import cldfast.pipeline as pipeline
+    from cldfast.selection import method_coreset, select, select_for_method
+
+    assert select is select_by_order and cldfast.select is select_by_order
+    assert select_for_method is method_coreset
+    assert pipeline.select_coreset is pipeline.cld_coreset
+    assert pipeline.select_to_file is pipeline.write_coreset
