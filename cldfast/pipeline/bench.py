@@ -242,12 +242,7 @@ def bench(data: Any = None, out: str | Path = BENCH_OUT, *,
     methods_l = parse_methods(methods)
     strategies_l = parse_strategies(_as_list(strategies) + rule_strategies(rules))
     fracs = check_fractions(fractions)
-    if int(seeds) < 1:
-        raise ValueError(f"seeds must be >= 1; got {seeds}")
-    seeds = int(seeds)
-    full_seeds = seeds if full_seeds is None else int(full_seeds)
-    if full and full_seeds < 1:
-        raise ValueError(f"full_seeds must be >= 1; got {full_seeds}")
+    seeds, full_seeds = _seed_counts(seeds, full, full_seeds)
     # Defaults: the dataset's recipes (a given recipe also trains the proxy, as before).
     proxy_recipe = proxy_recipe or recipe or default_recipe(key, "proxy")
     recipe = recipe or default_recipe(key, "train")
@@ -265,30 +260,19 @@ def bench(data: Any = None, out: str | Path = BENCH_OUT, *,
     skipped = [(m, s) for s in strategies_l for m in methods_l if not applicable(m, s)]
     for m, s in skipped:
         log.info("bench: %s has no difficulty score; strategy %s skipped for it", m, s)
-    cells: dict[str, dict[str, Any]] = {}
     run_cell = _CellRunner(bundle, out, sf, arch, recipe, _digest(cfg), float(ccs_beta),
                            int(ccs_strata), progress)
-    for s in range(max(seeds, full_seeds if full else 0)):
-        if full and s < full_seeds:
-            name = f"full-s{s}"
-            cells[name] = run_cell(name, "full", "full", 1.0, s)
-        if s >= seeds:
-            continue
-        for f in fracs:
-            for method, strategy in lines:
-                name = _cell_name(method, strategy, f, s)
-                cells[name] = run_cell(name, method, strategy, f, s)
+    cells = _all_cells(run_cell, lines, fracs, seeds, full_seeds)
 
     if not ddist.is_main():  # rank 0 aggregates and writes the outputs
         return BenchResult(out, "", {})
-    results = _aggregate(cells, lines, fracs, seeds, full_seeds if full else 0)
+    results = _aggregate(cells, lines, fracs, seeds, full_seeds)
     costs = _selection_costs(methods_l, proxy_info, n, cells)
     pm = proxy_info["metrics"]
     metrics = {
         "dataset": bundle.name, "fingerprint": bundle.fingerprint, "version": __version__,
         "proxy_arch": model_name(proxy_arch), "arch": model_name(arch), "fractions": fracs,
-        "seeds": seeds,
-        "methods": methods_l, "strategies": strategies_l, "full_seeds": full_seeds if full else 0,
+        "seeds": seeds, "methods": methods_l, "strategies": strategies_l, "full_seeds": full_seeds,
         "skipped": [{"method": m, "strategy": s} for m, s in skipped],
         "proxy_recipe": asdict(proxy_recipe), "recipe": asdict(recipe), "proxy": cfg,
         "proxy_metrics": pm, "proxy_costs": proxy_info["costs"], "num_train": n,
@@ -297,6 +281,31 @@ def bench(data: Any = None, out: str | Path = BENCH_OUT, *,
         "seconds": time.perf_counter() - t_start,
     }
     return _written(out, metrics)
+
+
+def _seed_counts(seeds: int, full: bool, full_seeds: int | None) -> tuple[int, int]:
+    if int(seeds) < 1:
+        raise ValueError(f"seeds must be >= 1; got {seeds}")
+    full_seeds = int(seeds) if full_seeds is None else int(full_seeds)
+    if full and full_seeds < 1:
+        raise ValueError(f"full_seeds must be >= 1; got {full_seeds}")
+    return int(seeds), (full_seeds if full else 0)  # 0: no full-split reference
+
+
+def _all_cells(run_cell: Any, lines: list[tuple[str, str]], fracs: list[float], seeds: int,
+               full_seeds: int) -> dict[str, dict[str, Any]]:
+    """Every cell, seed by seed (the full-split reference first at each of its seeds)."""
+    cells: dict[str, dict[str, Any]] = {}
+    for s in range(max(seeds, full_seeds)):
+        if s < full_seeds:
+            cells[f"full-s{s}"] = run_cell(f"full-s{s}", "full", "full", 1.0, s)
+        if s >= seeds:
+            continue
+        for f in fracs:
+            for method, strategy in lines:
+                name = _cell_name(method, strategy, f, s)
+                cells[name] = run_cell(name, method, strategy, f, s)
+    return cells
 
 
 def _written(out: Path, metrics: dict[str, Any]) -> BenchResult:

@@ -167,6 +167,46 @@ def select_by_order(scores: Any, labels: Any, *, fraction: float | None = None,
 select = select_by_order
 
 
+def _ccs_group(s: np.ndarray, ids: np.ndarray, members: np.ndarray, budget: int, *, hard: str,
+               beta: float, strata: int, rng: np.random.Generator) -> np.ndarray:
+    """CCS over ``members`` (positions) with ``budget`` picks: steps 1-4 of :func:`ccs_select`.
+    Returns the picked dataset indices (unsorted)."""
+    ranked = members[_ranking(s[members], ids[members], hard, rng)]  # hardest first, finite only
+    budget = min(budget, ranked.shape[0])
+    n_prune = min(int(math.floor(beta * ranked.shape[0])), ranked.shape[0] - budget)
+    pool = ranked[n_prune:]
+    if budget == 0 or pool.size == 0:
+        return np.zeros(0, np.int64)
+    ps = s[pool]
+    lo, hi = float(ps.min()), float(ps.max())
+    if hi > lo:
+        bins = np.minimum(np.floor((ps - lo) / (hi - lo) * strata).astype(np.int64), strata - 1)
+    else:
+        bins = np.zeros(pool.shape[0], np.int64)
+    share = _stratum_shares(np.bincount(bins, minlength=strata), budget)
+    picked = []
+    for stratum in range(strata):
+        if share[stratum] == 0:
+            continue
+        members_k = pool[bins == stratum]
+        members_k = members_k[np.argsort(ids[members_k], kind="stable")]
+        picked.append(rng.choice(members_k, size=int(share[stratum]), replace=False))
+    return ids[np.concatenate(picked)] if picked else np.zeros(0, np.int64)
+
+
+def _stratum_shares(sizes: np.ndarray, budget: int) -> np.ndarray:
+    """CCS's budget per stratum: smallest stratum first, each ``min(its size, remaining //
+    strata left)``, so small strata are taken whole and the larger ones share the rest."""
+    k = sizes.shape[0]
+    share = np.zeros(k, np.int64)
+    left = budget
+    for i, stratum in enumerate(np.argsort(sizes, kind="stable")):
+        take = min(int(sizes[stratum]), left // (k - i))
+        share[stratum] = take
+        left -= take
+    return share
+
+
 def ccs_select(scores: Any, labels: Any, *, fraction: float | None = None,
                per_class: int | None = None, hard: str = "top", beta: float = CCS_BETA,
                strata: int = CCS_STRATA, class_balanced: bool = False, dataset_indices: Any = None,
@@ -220,33 +260,7 @@ def ccs_select(scores: Any, labels: Any, *, fraction: float | None = None,
     rng = np.random.default_rng(seed)
 
     def one_group(members: np.ndarray, budget: int) -> np.ndarray:
-        ranked = members[_ranking(s[members], ids[members], hard, rng)]  # hardest first, finite only
-        budget = min(budget, ranked.shape[0])
-        n_prune = min(int(math.floor(b * ranked.shape[0])), ranked.shape[0] - budget)
-        pool = ranked[n_prune:]
-        if budget == 0 or pool.size == 0:
-            return np.zeros(0, np.int64)
-        ps = s[pool]
-        lo, hi = float(ps.min()), float(ps.max())
-        if hi > lo:
-            bins = np.minimum(np.floor((ps - lo) / (hi - lo) * k).astype(np.int64), k - 1)
-        else:
-            bins = np.zeros(pool.shape[0], np.int64)
-        sizes = np.bincount(bins, minlength=k)
-        share = np.zeros(k, np.int64)
-        left = budget
-        for i, stratum in enumerate(np.argsort(sizes, kind="stable")):
-            take = min(int(sizes[stratum]), left // (k - i))
-            share[stratum] = take
-            left -= take
-        picked = []
-        for stratum in range(k):
-            if share[stratum] == 0:
-                continue
-            members_k = pool[bins == stratum]
-            members_k = members_k[np.argsort(ids[members_k], kind="stable")]
-            picked.append(rng.choice(members_k, size=int(share[stratum]), replace=False))
-        return ids[np.concatenate(picked)] if picked else np.zeros(0, np.int64)
+        return _ccs_group(s, ids, members, budget, hard=hard, beta=b, strata=k, rng=rng)
 
     if not class_balanced:
         f = check_fraction(fraction)
