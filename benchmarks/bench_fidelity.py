@@ -350,7 +350,9 @@ def part_schedule(st: Study, R: dict) -> None:
                        p["lr"])
     rnd = {f: ms(st.random_accs("clean", st.proxy("clean", T, 0), f)) for f in (0.1, 0.3)}
     rows.append(["random (for reference)", "", rnd[0.1], rnd[0.3]])
-    plot = (Path(st.args.work) if st.args.no_write else HERE.parent / "docs") / "fidelity_val_trajectories.png"
+    # The documented plot only from a real run: smoke runs and --no-write keep theirs in --work.
+    keep_aside = st.args.no_write or st.args.smoke
+    plot = (Path(st.args.work) if keep_aside else HERE.parent / "docs") / "fidelity_val_trajectories.png"
     try:
         _plot_trajectories(plot, traj, st.full.class_names)
         R["schedule_plot"] = "docs/fidelity_val_trajectories.png"

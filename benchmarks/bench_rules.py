@@ -147,6 +147,9 @@ def run_budget(st: RulesStudy, setting: str, f: float, R: dict) -> None:
         _run_budget(st, setting, f, R)
     except Missing:  # --cached-only: no proxy or no random cells yet
         R.get(setting, {}).get("fractions", {}).pop(f, None)
+    fractions = R.get(setting, {}).get("fractions", {})
+    if len(fractions.get(f, {})) == 1:  # --cached-only: random alone, nothing to compare
+        fractions.pop(f)
 
 
 def _run_budget(st: RulesStudy, setting: str, f: float, R: dict) -> None:
@@ -442,6 +445,37 @@ def summary(R: dict) -> str:
                                                "best rule over the best baseline"], rows))
 
 
+LABELS = {"noise20-cv": "20 % flipped, curated V", "noise20": "20 % flipped, noisy V",
+          "clean": "clean", "noise40-cv": "40 % flipped, curated V",
+          "noise40": "40 % flipped, noisy V"}
+
+
+def readme_table(R: dict) -> str:
+    """The README's summary: per setting and budget, random's accuracy and the paired gain
+    over it of the oracle, top-CLD, the best CLD rule (automatic parameters) and the two
+    best rules over the baseline."""
+    rows = []
+    for setting, cell in R.items():
+        base = cell["baseline"]
+        for f, res in sorted(cell["fractions"].items()):
+            rand = res["random"]
+
+            def gain(name: str, label: str = "") -> str:
+                r = res.get(name)
+                if r is None:
+                    return ""
+                g = paired(r if name == "oracle" else r["accs"], rand)
+                return f"{label}{g[0]:+.2f} ± {g[1]:.2f}"
+
+            cld = [n for n in res if n.startswith("CLD ") and "(q" not in n and n != "CLD top"]
+            best = max(cld, key=lambda n: statistics.mean(res[n]["accs"])) if cld else None
+            rows.append([LABELS.get(setting, setting), f"{100 * f:g} %", ms(rand), gain("oracle"),
+                         gain("CLD top"), gain(best, best[4:] + ": ") if best else "",
+                         gain(f"{base} ccs"), gain(f"{base} filtered")])
+    return markdown_table(["setting", "budget", "random (accuracy %)", "oracle", "top-CLD (the paper's)",
+                           "best CLD rule", "ccs over AUM", "filtered over AUM"], rows)
+
+
 def gains_grid(R: dict) -> str:
     """Rule x setting x budget: random's accuracy and every coreset's paired gain over it."""
     names: list[str] = []
@@ -489,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
                          "report of every later run) instead of the grid")
     ap.add_argument("--cached-only", action="store_true", help="report the cached cells only; "
                     "compute nothing")
+    ap.add_argument("--readme", action="store_true", help="print the README's summary table "
+                    "(with --cached-only: of the cached cells)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, for testing the script")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     ap.add_argument("--results", default=str(RESULTS))
@@ -531,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
                                ("rules", "Selection rules: which coreset beats random?"))
                 write_section(name, title, "python benchmarks/bench_rules.py"
                               + (" --full" if args.full else ""), body, Path(args.results))
-    print(report(R, st, (time.perf_counter() - t0) / 60))
+    print(readme_table(R) if args.readme else report(R, st, (time.perf_counter() - t0) / 60))
     return 0
 
 
