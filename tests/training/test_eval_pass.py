@@ -278,8 +278,10 @@ def test_subsampled_tracking_equals_replaying_subsampled_trajectories(digits, tr
     assert np.abs(every - expected).max() > 1e-3
 
 
-def test_first_half_tracking_equals_replaying_first_half(digits, tmp_path):
-    """``track_epochs``: the proxy stops there, and the scores are those of the first rows."""
+@pytest.fixture(scope="module")
+def six_epochs(digits):
+    """The every-epoch eval-mode trajectories of one 6-epoch proxy: (recipe, labels,
+    val_labels, train rows [6, N], validation rows [6, Q])."""
     train_idx, val_idx = split_train_val(digits.train_targets, 0.1, 0)
     labels, val_labels = digits.train_targets[train_idx], digits.train_targets[val_idx]
     recipe = Recipe(epochs=6, batch_size=64, lr=0.05, device="cpu")
@@ -287,25 +289,23 @@ def test_first_half_tracking_equals_replaying_first_half(digits, tmp_path):
     full._val_labels_np = val_labels
     fit(digits, train_idx, "small-cnn", recipe, tracking=Tracking(full, "eval", val_idx, list(range(6))),
         evaluate_test=False, progress=False)
+    return recipe, labels, val_labels, np.stack(full.train_rows), np.stack(full.val_rows)
+
+
+def test_first_half_tracking_equals_replaying_first_half(digits, six_epochs, tmp_path):
+    """``track_epochs``: the proxy stops there, and the scores are those of the first rows."""
+    recipe, labels, val_labels, rows, val_rows = six_epochs
     sf, _ = track(digits, tmp_path, recipe=recipe, track_epochs=3, progress=False)
-    expected = cld_reference_dense(np.stack(full.train_rows)[:3], np.stack(full.val_rows)[:3],
-                                   labels, val_labels)
+    expected = cld_reference_dense(rows[:3], val_rows[:3], labels, val_labels)
     np.testing.assert_allclose(sf.scores, expected, rtol=0, atol=1e-9)
 
 
-def test_track_from_leaves_out_the_first_differences(digits, tmp_path):
+def test_track_from_leaves_out_the_first_differences(digits, six_epochs, tmp_path):
     """``track_from=2``: the first checkpoint is the end of epoch 3, so CLD is the reference of
     the trajectories' rows 2.. of the same run, which differs from the every-epoch score; the
     scores file names the checkpoints."""
-    train_idx, val_idx = split_train_val(digits.train_targets, 0.1, 0)
-    labels, val_labels = digits.train_targets[train_idx], digits.train_targets[val_idx]
-    recipe = Recipe(epochs=6, batch_size=64, lr=0.05, device="cpu")
-    full = _RecordingTracker(labels, val_labels, num_classes=digits.num_classes)
-    full._val_labels_np = val_labels
-    fit(digits, train_idx, "small-cnn", recipe, tracking=Tracking(full, "eval", val_idx, list(range(6))),
-        evaluate_test=False, progress=False)
+    recipe, labels, val_labels, rows, val_rows = six_epochs
     sf, _ = track(digits, tmp_path, recipe=recipe, track_from=2, progress=False)
-    rows, val_rows = np.stack(full.train_rows), np.stack(full.val_rows)
     expected = cld_reference_dense(rows[2:], val_rows[2:], labels, val_labels)
     np.testing.assert_allclose(sf.scores, expected, rtol=0, atol=1e-9)
     every = cld_reference_dense(rows, val_rows, labels, val_labels)
